@@ -1,0 +1,252 @@
+//! Request attributes: the Envoy vocabulary policies read (`request.*`,
+//! `source.*`, `destination.*`, `connection.*`), and fetching from the host
+//! only the ones a compiled policy references.
+//!
+//! Values arrive as proxy-wasm encodes them: strings as raw bytes, integers as
+//! 8-byte little-endian, booleans as one byte, timestamps as nanoseconds since
+//! the epoch (8-byte little-endian).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use cel::objects::{Key, Map};
+use cel::Value;
+
+/// What the engine asks of the proxy. Implemented by the proxy-wasm adapter in
+/// the filter, and by test hosts natively.
+pub trait AttributeHost {
+    /// The value of one request header (`name` is lower-case), or `None` when absent.
+    fn request_header(&mut self, name: &str) -> Option<Vec<u8>>;
+    /// Every request header, in arrival order; a name may repeat.
+    fn request_headers(&mut self) -> Vec<(String, Vec<u8>)>;
+    /// A host property by path, such as `["source", "address"]`.
+    fn property(&mut self, path: &[&str]) -> Option<Vec<u8>>;
+}
+
+/// How a host property is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    String,
+    Int,
+    UInt,
+    Bool,
+    Timestamp,
+    /// `request.headers`: read through the header-map calls, not as a property.
+    Headers,
+}
+
+/// Every attribute a policy may read: `(root, field, kind)`.
+pub(crate) const CATALOG: &[(&str, &str, Kind)] = &[
+    ("request", "path", Kind::String),
+    ("request", "url_path", Kind::String),
+    ("request", "host", Kind::String),
+    ("request", "scheme", Kind::String),
+    ("request", "method", Kind::String),
+    ("request", "headers", Kind::Headers),
+    ("request", "referer", Kind::String),
+    ("request", "useragent", Kind::String),
+    ("request", "id", Kind::String),
+    ("request", "protocol", Kind::String),
+    ("request", "query", Kind::String),
+    ("request", "time", Kind::Timestamp),
+    ("source", "address", Kind::String),
+    ("source", "port", Kind::Int),
+    ("destination", "address", Kind::String),
+    ("destination", "port", Kind::Int),
+    ("connection", "id", Kind::UInt),
+    ("connection", "mtls", Kind::Bool),
+    ("connection", "requested_server_name", Kind::String),
+    ("connection", "tls_version", Kind::String),
+    ("connection", "subject_local_certificate", Kind::String),
+    ("connection", "subject_peer_certificate", Kind::String),
+    ("connection", "dns_san_local_certificate", Kind::String),
+    ("connection", "dns_san_peer_certificate", Kind::String),
+    ("connection", "uri_san_local_certificate", Kind::String),
+    ("connection", "uri_san_peer_certificate", Kind::String),
+];
+
+/// The attribute roots, in the order [`Attributes`] stores them.
+pub(crate) const ROOTS: [&str; 4] = ["request", "source", "destination", "connection"];
+
+pub(crate) fn root_index(root: &str) -> Option<usize> {
+    ROOTS.iter().position(|r| *r == root)
+}
+
+pub(crate) fn catalog_index(root: &str, field: &str) -> Option<usize> {
+    CATALOG.iter().position(|(r, f, _)| *r == root && *f == field)
+}
+
+pub(crate) fn fields_of(root: &str) -> impl Iterator<Item = &'static str> + '_ {
+    CATALOG.iter().filter(move |(r, _, _)| *r == root).map(|(_, f, _)| *f)
+}
+
+/// Which request headers a policy reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HeaderNeeds {
+    /// Only these, each looked up by name (every reference used a literal key).
+    Named(BTreeSet<String>),
+    /// The whole map (iterated, sized, or indexed by a computed key).
+    All,
+}
+
+/// The attributes a compiled policy references: the only ones fetched per request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AttributeNeeds {
+    /// Indices into [`CATALOG`], sorted, without duplicates.
+    pub(crate) attributes: BTreeSet<usize>,
+    /// Meaningful when `request.headers` is among `attributes`.
+    pub(crate) headers: Option<HeaderNeeds>,
+}
+
+impl AttributeNeeds {
+    pub(crate) fn add(&mut self, index: usize) {
+        self.attributes.insert(index);
+    }
+
+    pub(crate) fn add_header(&mut self, name: &str) {
+        if let Some(i) = catalog_index("request", "headers") {
+            self.attributes.insert(i);
+        }
+        match &mut self.headers {
+            Some(HeaderNeeds::All) => {}
+            Some(HeaderNeeds::Named(names)) => {
+                names.insert(name.to_string());
+            }
+            None => self.headers = Some(HeaderNeeds::Named(BTreeSet::from([name.to_string()]))),
+        }
+    }
+
+    pub(crate) fn add_all_headers(&mut self) {
+        if let Some(i) = catalog_index("request", "headers") {
+            self.attributes.insert(i);
+        }
+        self.headers = Some(HeaderNeeds::All);
+    }
+
+    /// The referenced attribute paths, such as `request.headers['x-tenant']`
+    /// or `source.address`, for logs and tests.
+    pub fn describe(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for &i in &self.attributes {
+            let (root, field, kind) = CATALOG[i];
+            match (kind, &self.headers) {
+                (Kind::Headers, Some(HeaderNeeds::Named(names))) => {
+                    out.extend(names.iter().map(|n| format!("{root}.{field}['{n}']")))
+                }
+                _ => out.push(format!("{root}.{field}")),
+            }
+        }
+        out
+    }
+}
+
+/// The attribute values of one request: one CEL map per root, holding only
+/// what the policy references.
+#[derive(Debug, Clone)]
+pub struct Attributes {
+    pub(crate) roots: [Value; 4],
+}
+
+impl Attributes {
+    /// Fetches from `host` exactly the attributes in `needs`.
+    pub(crate) fn fetch(host: &mut dyn AttributeHost, needs: &AttributeNeeds) -> Attributes {
+        let mut maps: [HashMap<Key, Value>; 4] = Default::default();
+        for &i in &needs.attributes {
+            let (root, field, kind) = CATALOG[i];
+            let value = match kind {
+                Kind::Headers => Some(fetch_headers(host, needs.headers.as_ref())),
+                _ => host.property(&[root, field]).and_then(|raw| decode(kind, raw)),
+            };
+            if let (Some(value), Some(r)) = (value, root_index(root)) {
+                maps[r].insert(Key::String(Arc::new(field.to_string())), value);
+            }
+        }
+        Attributes {
+            roots: maps.map(|m| Value::Map(Map { map: Arc::new(m) })),
+        }
+    }
+}
+
+fn fetch_headers(host: &mut dyn AttributeHost, needs: Option<&HeaderNeeds>) -> Value {
+    let mut map: HashMap<Key, Value> = HashMap::new();
+    match needs {
+        Some(HeaderNeeds::Named(names)) => {
+            for name in names {
+                if let Some(raw) = host.request_header(name) {
+                    map.insert(Key::String(Arc::new(name.clone())), text(raw));
+                }
+            }
+        }
+        Some(HeaderNeeds::All) | None => {
+            // A repeated header is seen as its values joined by ',', as HTTP
+            // defines and as a single-header lookup returns it.
+            let mut joined: HashMap<String, Vec<u8>> = HashMap::new();
+            for (name, raw) in host.request_headers() {
+                let name = name.to_ascii_lowercase();
+                match joined.get_mut(&name) {
+                    Some(existing) => {
+                        existing.push(b',');
+                        existing.extend_from_slice(&raw);
+                    }
+                    None => {
+                        joined.insert(name, raw);
+                    }
+                }
+            }
+            for (name, raw) in joined {
+                map.insert(Key::String(Arc::new(name)), text(raw));
+            }
+        }
+    }
+    Value::Map(Map { map: Arc::new(map) })
+}
+
+/// Header and string attribute bytes as a CEL string; bytes that are not
+/// UTF-8 become U+FFFD rather than an error.
+fn text(raw: Vec<u8>) -> Value {
+    match String::from_utf8(raw) {
+        Ok(s) => Value::String(Arc::new(s)),
+        Err(e) => Value::String(Arc::new(String::from_utf8_lossy(e.as_bytes()).into_owned())),
+    }
+}
+
+fn decode(kind: Kind, raw: Vec<u8>) -> Option<Value> {
+    let eight = || -> Option<[u8; 8]> { raw.get(..8).and_then(|b| b.try_into().ok()) };
+    match kind {
+        Kind::String | Kind::Headers => Some(text(raw)),
+        Kind::Int => eight().map(|b| Value::Int(i64::from_le_bytes(b))),
+        Kind::UInt => eight().map(|b| Value::UInt(u64::from_le_bytes(b))),
+        Kind::Bool => raw.first().map(|b| Value::Bool(*b != 0)),
+        Kind::Timestamp => eight().and_then(|b| {
+            let nanos = i64::from_le_bytes(b);
+            let utc = chrono::DateTime::from_timestamp(
+                nanos.div_euclid(1_000_000_000),
+                // in 0..1e9, so the cast is lossless
+                nanos.rem_euclid(1_000_000_000) as u32,
+            )?;
+            Some(Value::Timestamp(utc.fixed_offset()))
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_proxy_wasm_encodings() {
+        assert_eq!(decode(Kind::Int, 443i64.to_le_bytes().to_vec()), Some(Value::Int(443)));
+        assert_eq!(decode(Kind::Bool, vec![1]), Some(Value::Bool(true)));
+        assert_eq!(decode(Kind::Int, vec![1, 2]), None, "short integers are absent, not a panic");
+        assert_eq!(decode(Kind::Bool, vec![]), None);
+        assert_eq!(
+            decode(Kind::String, vec![b'a', 0xff]),
+            Some(Value::String(Arc::new("a\u{fffd}".into())))
+        );
+        let ts = decode(Kind::Timestamp, 1_700_000_000_123_000_000i64.to_le_bytes().to_vec());
+        match ts {
+            Some(Value::Timestamp(t)) => assert_eq!(t.timestamp_millis(), 1_700_000_000_123),
+            other => panic!("expected a timestamp, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! Deciding one request: constraints and denials first, then selection.
+//!
+//! 1. Every `deny` and `require` rule, in document order. A matching `deny`
+//!    ends the decision. A matching `require` keeps only the candidates for
+//!    which it is true; candidates are only ever removed, so nothing later can
+//!    route outside a constraint.
+//! 2. If no candidate is left, the request is denied (`no_candidate_status`).
+//! 3. `prefer` and `order_by` rules, in document order: the first that picks a
+//!    surviving candidate decides; one whose clusters are all excluded falls through.
+//! 4. Else `default`, if it survived; else the first surviving cluster in
+//!    inventory order.
+//!
+//! Evaluation errors never widen what a request may reach: an error in a
+//! `require` excludes that cluster; an error in the `when` of a `require` or
+//! `deny` applies the rule; an error in the `when` of a selection rule, or in
+//! an `order_by` key, skips that rule or cluster.
+
+use std::cmp::Ordering;
+
+use cel::{Context, Value};
+use serde::Serialize;
+
+use super::attributes::{AttributeHost, Attributes, ROOTS};
+use super::compile::{Action, Expression, Policy};
+
+/// The outcome of one request's decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Outcome {
+    Route { cluster: String },
+    Deny { status: u16, message: String },
+}
+
+/// A decision: the outcome, the rule that made it, and what went wrong on the way.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Decision {
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// The deciding rule, or `default`, `first-candidate` when no rule chose.
+    pub rule: String,
+    /// Evaluation errors met (each names the rule and the cluster).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// Rule-by-rule account, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Trace>,
+}
+
+/// Rule-by-rule account of a decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct Trace {
+    pub steps: Vec<TraceStep>,
+    /// Candidates left after the constraints.
+    pub candidates: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TraceStep {
+    pub rule: String,
+    pub result: StepResult,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepResult {
+    /// `when` was false: the rule did not apply.
+    NotMatched,
+    /// A `require` applied (possibly excluding clusters).
+    Constrained,
+    /// A `deny` applied.
+    Denied,
+    /// A selection rule chose this cluster.
+    Selected { cluster: String },
+    /// A selection rule applied but none of its clusters survived.
+    FellThrough,
+}
+
+impl Decision {
+    /// The chosen cluster, if routed.
+    pub fn cluster(&self) -> Option<&str> {
+        match &self.outcome {
+            Outcome::Route { cluster } => Some(cluster),
+            Outcome::Deny { .. } => None,
+        }
+    }
+
+    /// JSON body of a denial: `{"error":"denied","status":..,"rule":..,"message":..}`.
+    pub fn deny_body(&self) -> String {
+        match &self.outcome {
+            Outcome::Deny { status, message } => serde_json::json!({
+                "error": "denied",
+                "status": status,
+                "rule": self.rule,
+                "message": message,
+            })
+            .to_string(),
+            Outcome::Route { .. } => String::new(),
+        }
+    }
+}
+
+impl Policy {
+    /// Decides one request, fetching from `host` only the attributes the policy reads.
+    pub fn decide(&self, host: &mut dyn AttributeHost, trace: bool) -> Decision {
+        let attributes = Attributes::fetch(host, &self.needs);
+        self.decide_with(&attributes, trace)
+    }
+
+    /// Decides one request from attributes already fetched.
+    pub fn decide_with(&self, attributes: &Attributes, trace: bool) -> Decision {
+        let mut context = Context::with_env(self.env.clone());
+        for (root, value) in ROOTS.iter().zip(attributes.roots.iter()) {
+            context.add_variable_from_value(*root, value.clone());
+        }
+        context.add_variable_from_value("clusters", self.clusters_value.clone());
+        let mut run = Run {
+            policy: self,
+            context: &context,
+            errors: Vec::new(),
+            steps: trace.then(Vec::new),
+        };
+        run.decide()
+    }
+}
+
+struct Run<'a> {
+    policy: &'a Policy,
+    context: &'a Context<'a, 'a>,
+    errors: Vec<String>,
+    steps: Option<Vec<TraceStep>>,
+}
+
+impl Run<'_> {
+    fn decide(&mut self) -> Decision {
+        let policy = self.policy;
+        let mut alive: Vec<usize> = (0..policy.clusters.len()).collect();
+        let mut emptied_by: Option<&str> = None;
+
+        for rule in &policy.rules {
+            let fail_closed = match &rule.action {
+                Action::Deny { .. } | Action::Require(_) => true,
+                Action::Prefer(_) | Action::OrderBy { .. } => continue,
+            };
+            let mut step_errors = Vec::new();
+            if !self.when(rule.when.as_ref(), &rule.name, fail_closed, &mut step_errors) {
+                self.step(&rule.name, StepResult::NotMatched, Vec::new(), step_errors);
+                continue;
+            }
+            match &rule.action {
+                Action::Deny { status, message } => {
+                    self.step(&rule.name, StepResult::Denied, Vec::new(), step_errors);
+                    return self.finish(
+                        Outcome::Deny {
+                            status: *status,
+                            message: message.clone(),
+                        },
+                        &rule.name,
+                        &alive,
+                    );
+                }
+                Action::Require(require) => {
+                    let mut excluded = Vec::new();
+                    let mut cluster_errors = Vec::new();
+                    alive.retain(|&c| {
+                        let cluster = &policy.clusters[c];
+                        let keep = match self.per_cluster(require, &cluster.value) {
+                            Ok(Value::Bool(b)) => b,
+                            Ok(other) => {
+                                let e = format!(
+                                    "rule '{}': require on '{}': returned {} where a bool is needed",
+                                    rule.name,
+                                    cluster.name,
+                                    other.type_of()
+                                );
+                                cluster_errors.push(e);
+                                false
+                            }
+                            Err(e) => {
+                                let e = format!(
+                                    "rule '{}': require on '{}': {e}",
+                                    rule.name, cluster.name
+                                );
+                                cluster_errors.push(e);
+                                false
+                            }
+                        };
+                        if !keep {
+                            excluded.push(cluster.name.clone());
+                        }
+                        keep
+                    });
+                    if alive.is_empty() && emptied_by.is_none() {
+                        emptied_by = Some(&rule.name);
+                    }
+                    self.errors.extend(cluster_errors.iter().cloned());
+                    step_errors.extend(cluster_errors);
+                    self.step(&rule.name, StepResult::Constrained, excluded, step_errors);
+                }
+                Action::Prefer(_) | Action::OrderBy { .. } => {}
+            }
+        }
+
+        if alive.is_empty() {
+            let rule = emptied_by.unwrap_or("no-candidate");
+            return self.finish(
+                Outcome::Deny {
+                    status: policy.no_candidate_status,
+                    message: format!(
+                        "no cluster satisfies the policy's constraints: rule '{rule}' excluded the last candidates"
+                    ),
+                },
+                rule,
+                &alive,
+            );
+        }
+
+        for rule in &policy.rules {
+            let mut step_errors = Vec::new();
+            let chosen = match &rule.action {
+                Action::Deny { .. } | Action::Require(_) => continue,
+                _ if !self.when(rule.when.as_ref(), &rule.name, false, &mut step_errors) => {
+                    self.step(&rule.name, StepResult::NotMatched, Vec::new(), step_errors);
+                    continue;
+                }
+                Action::Prefer(preferred) => preferred.iter().copied().find(|c| alive.contains(c)),
+                Action::OrderBy { key, descending } => {
+                    self.order_by(&rule.name, key, *descending, &alive, &mut step_errors)
+                }
+            };
+            match chosen {
+                Some(c) => {
+                    let cluster = policy.clusters[c].name.clone();
+                    self.step(
+                        &rule.name,
+                        StepResult::Selected {
+                            cluster: cluster.clone(),
+                        },
+                        Vec::new(),
+                        step_errors,
+                    );
+                    return self.finish(Outcome::Route { cluster }, &rule.name, &alive);
+                }
+                None => self.step(&rule.name, StepResult::FellThrough, Vec::new(), step_errors),
+            }
+        }
+
+        let (chosen, rule) = match policy.default.filter(|d| alive.contains(d)) {
+            Some(d) => (d, "default"),
+            None => (alive[0], "first-candidate"),
+        };
+        let cluster = policy.clusters[chosen].name.clone();
+        self.finish(Outcome::Route { cluster }, rule, &alive)
+    }
+
+    /// Evaluates a rule's `when`. On error, `fail_closed` decides whether the rule applies.
+    fn when(
+        &mut self,
+        when: Option<&Expression>,
+        rule: &str,
+        fail_closed: bool,
+        step_errors: &mut Vec<String>,
+    ) -> bool {
+        let Some(when) = when else { return true };
+        let problem = match when.program.execute(self.context) {
+            Ok(Value::Bool(b)) => return b,
+            Ok(other) => format!("returned {} where a bool is needed", other.type_of()),
+            Err(e) => e.to_string(),
+        };
+        let consequence = if fail_closed {
+            "the rule applies (fail closed)"
+        } else {
+            "the rule is skipped"
+        };
+        let e = format!("rule '{rule}': when: {problem}; {consequence}");
+        self.errors.push(e.clone());
+        step_errors.push(e);
+        fail_closed
+    }
+
+    fn per_cluster(
+        &self,
+        expression: &Expression,
+        cluster: &Value,
+    ) -> Result<Value, cel::ExecutionError> {
+        let mut scope = self.context.new_inner_scope();
+        scope.add_variable_from_value("cluster", cluster.clone());
+        expression.program.execute(&scope)
+    }
+
+    fn order_by(
+        &mut self,
+        rule: &str,
+        key: &Expression,
+        descending: bool,
+        alive: &[usize],
+        step_errors: &mut Vec<String>,
+    ) -> Option<usize> {
+        let mut best: Option<(usize, Value)> = None;
+        for &c in alive {
+            let cluster = &self.policy.clusters[c];
+            let value = match self.per_cluster(key, &cluster.value) {
+                Ok(v @ (Value::Int(_) | Value::UInt(_) | Value::Float(_) | Value::String(_))) => v,
+                Ok(other) => {
+                    step_errors.push(format!(
+                        "rule '{rule}': order_by on '{}': returned {}, not a number or string; cluster not ranked",
+                        cluster.name,
+                        other.type_of()
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    step_errors.push(format!(
+                        "rule '{rule}': order_by on '{}': {e}; cluster not ranked",
+                        cluster.name
+                    ));
+                    continue;
+                }
+            };
+            let better = match &best {
+                None => true,
+                Some((_, current)) => match compare(&value, current) {
+                    Some(Ordering::Less) => !descending,
+                    Some(Ordering::Greater) => descending,
+                    Some(Ordering::Equal) => false,
+                    None => {
+                        step_errors.push(format!(
+                            "rule '{rule}': order_by on '{}': {} cannot be compared with {}; cluster not ranked",
+                            cluster.name,
+                            value.type_of(),
+                            current.type_of()
+                        ));
+                        false
+                    }
+                },
+            };
+            if better {
+                best = Some((c, value));
+            }
+        }
+        self.errors.extend(step_errors.iter().cloned());
+        best.map(|(c, _)| c)
+    }
+
+    fn step(&mut self, rule: &str, result: StepResult, excluded: Vec<String>, errors: Vec<String>) {
+        if let Some(steps) = &mut self.steps {
+            steps.push(TraceStep {
+                rule: rule.to_string(),
+                result,
+                excluded,
+                errors,
+            });
+        }
+    }
+
+    fn finish(&mut self, outcome: Outcome, rule: &str, alive: &[usize]) -> Decision {
+        let trace = self.steps.take().map(|steps| Trace {
+            steps,
+            candidates: alive
+                .iter()
+                .map(|&c| self.policy.clusters[c].name.clone())
+                .collect(),
+        });
+        Decision {
+            outcome,
+            rule: rule.to_string(),
+            errors: std::mem::take(&mut self.errors),
+            trace,
+        }
+    }
+}
+
+/// Orders two sort keys: numbers with numbers (int, uint and double mixed), strings with strings.
+fn compare(a: &Value, b: &Value) -> Option<Ordering> {
+    fn number(v: &Value) -> Option<f64> {
+        match v {
+            Value::Int(i) => Some(*i as f64),
+            Value::UInt(u) => Some(*u as f64),
+            Value::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+    match (a, b) {
+        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+        _ => number(a)?.partial_cmp(&number(b)?),
+    }
+}

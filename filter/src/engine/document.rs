@@ -1,0 +1,118 @@
+//! The policy document as users write it (YAML or JSON), before validation.
+//!
+//! Every struct denies unknown fields: a misspelt key (`requires:`) must be a
+//! load error, never a silently ignored rule.
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use super::error::{PolicyError, PolicyErrors};
+
+/// A policy document: the cluster inventory, the rules and the options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDocument {
+    /// Optional human name of the policy, shown in logs and decisions.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Envoy cluster name -> attributes visible to CEL as `cluster.*`.
+    pub clusters: IndexMap<String, IndexMap<String, serde_json::Value>>,
+    /// Rules, in the order they are tried.
+    #[serde(default)]
+    pub rules: Vec<RuleDocument>,
+    /// Cluster used when no selection rule picks one (if it survives the constraints).
+    #[serde(default)]
+    pub default: Option<String>,
+    #[serde(default)]
+    pub options: OptionsDocument,
+}
+
+/// One rule. Exactly one of `require`, `deny`, `prefer`, `order_by` is set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDocument {
+    pub name: String,
+    #[serde(default)]
+    pub when: Option<String>,
+    #[serde(default)]
+    pub require: Option<String>,
+    #[serde(default)]
+    pub deny: Option<DenyDocument>,
+    #[serde(default)]
+    pub prefer: Option<Vec<String>>,
+    #[serde(default)]
+    pub order_by: Option<String>,
+    /// With `order_by`: pick the highest value instead of the lowest.
+    #[serde(default)]
+    pub descending: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenyDocument {
+    #[serde(default = "default_deny_status")]
+    pub status: u16,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+fn default_deny_status() -> u16 {
+    403
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptionsDocument {
+    /// Request header that carries the chosen cluster to Envoy's `cluster_header` route.
+    #[serde(default)]
+    pub routing_header: Option<String>,
+    /// Response header naming the chosen cluster, deciding rule and policy version; off when absent.
+    #[serde(default)]
+    pub decision_header: Option<String>,
+    /// `trace`, `debug`, `info`, `warn`, `error` or `off`.
+    #[serde(default)]
+    pub log_level: Option<String>,
+    /// Status of the denial sent when the constraints leave no cluster.
+    #[serde(default)]
+    pub no_candidate_status: Option<u16>,
+}
+
+impl PolicyDocument {
+    /// Parses a policy from YAML or JSON (JSON is valid YAML; a document that
+    /// starts with `{` is read as JSON for JSON-shaped error messages).
+    pub fn parse(text: &str) -> Result<PolicyDocument, PolicyErrors> {
+        if text.trim().is_empty() {
+            return Err(PolicyError::new("policy", "the policy document is empty").into());
+        }
+        if text.trim_start().starts_with('{') {
+            serde_json::from_str(text).map_err(|e| {
+                PolicyError::new(
+                    "policy",
+                    format!("invalid JSON at line {}, column {}: {}", e.line(), e.column(), strip_position(&e.to_string())),
+                )
+                .into()
+            })
+        } else {
+            serde_yaml::from_str(text).map_err(|e| {
+                let message = match e.location() {
+                    Some(at) => format!(
+                        "invalid YAML at line {}, column {}: {}",
+                        at.line(),
+                        at.column(),
+                        strip_position(&e.to_string())
+                    ),
+                    None => format!("invalid YAML: {e}"),
+                };
+                PolicyError::new("policy", message).into()
+            })
+        }
+    }
+}
+
+/// serde's messages end in " at line L column C"; the position is reported separately.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_string(),
+        None => message.to_string(),
+    }
+}

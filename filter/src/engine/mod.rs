@@ -1,0 +1,21 @@
+//! The policy engine: policy document -> validated, compiled policy -> decision.
+//!
+//! ```text
+//! document (YAML/JSON) --parse--> PolicyDocument --compile--> Policy
+//! per request: AttributeHost --fetch what the policy reads--> decide --> Decision
+//! ```
+
+mod attributes;
+mod compile;
+mod decide;
+mod document;
+mod error;
+
+pub use attributes::{AttributeHost, AttributeNeeds, Attributes};
+pub use compile::{content_version, LogLevel, Policy, DEFAULT_ROUTING_HEADER};
+pub use decide::{Decision, Outcome, Trace, TraceStep, StepResult};
+pub use document::PolicyDocument;
+pub use error::{PolicyError, PolicyErrors};
+
+#[cfg(test)]
+mod tests;

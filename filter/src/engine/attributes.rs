@@ -73,11 +73,16 @@ pub(crate) fn root_index(root: &str) -> Option<usize> {
 }
 
 pub(crate) fn catalog_index(root: &str, field: &str) -> Option<usize> {
-    CATALOG.iter().position(|(r, f, _)| *r == root && *f == field)
+    CATALOG
+        .iter()
+        .position(|(r, f, _)| *r == root && *f == field)
 }
 
 pub(crate) fn fields_of(root: &str) -> impl Iterator<Item = &'static str> + '_ {
-    CATALOG.iter().filter(move |(r, _, _)| *r == root).map(|(_, f, _)| *f)
+    CATALOG
+        .iter()
+        .filter(move |(r, _, _)| *r == root)
+        .map(|(_, f, _)| *f)
 }
 
 /// Which request headers a policy reads.
@@ -155,7 +160,9 @@ impl Attributes {
             let (root, field, kind) = CATALOG[i];
             let value = match kind {
                 Kind::Headers => Some(fetch_headers(host, needs.headers.as_ref())),
-                _ => host.property(&[root, field]).and_then(|raw| decode(kind, raw)),
+                _ => host
+                    .property(&[root, field])
+                    .and_then(|raw| decode(kind, raw)),
             };
             if let (Some(value), Some(r)) = (value, root_index(root)) {
                 maps[r].insert(Key::String(Arc::new(field.to_string())), value);
@@ -178,23 +185,12 @@ fn fetch_headers(host: &mut dyn AttributeHost, needs: Option<&HeaderNeeds>) -> V
             }
         }
         Some(HeaderNeeds::All) | None => {
-            // A repeated header is seen as its values joined by ',', as HTTP
-            // defines and as a single-header lookup returns it.
-            let mut joined: HashMap<String, Vec<u8>> = HashMap::new();
+            // A repeated header reads as its first value, as Envoy's
+            // single-header lookup returns it, so that a policy sees the same
+            // value however it refers to the header.
             for (name, raw) in host.request_headers() {
-                let name = name.to_ascii_lowercase();
-                match joined.get_mut(&name) {
-                    Some(existing) => {
-                        existing.push(b',');
-                        existing.extend_from_slice(&raw);
-                    }
-                    None => {
-                        joined.insert(name, raw);
-                    }
-                }
-            }
-            for (name, raw) in joined {
-                map.insert(Key::String(Arc::new(name)), text(raw));
+                let key = Key::String(Arc::new(name.to_ascii_lowercase()));
+                map.entry(key).or_insert_with(|| text(raw));
             }
         }
     }
@@ -235,15 +231,25 @@ mod tests {
 
     #[test]
     fn decodes_proxy_wasm_encodings() {
-        assert_eq!(decode(Kind::Int, 443i64.to_le_bytes().to_vec()), Some(Value::Int(443)));
+        assert_eq!(
+            decode(Kind::Int, 443i64.to_le_bytes().to_vec()),
+            Some(Value::Int(443))
+        );
         assert_eq!(decode(Kind::Bool, vec![1]), Some(Value::Bool(true)));
-        assert_eq!(decode(Kind::Int, vec![1, 2]), None, "short integers are absent, not a panic");
+        assert_eq!(
+            decode(Kind::Int, vec![1, 2]),
+            None,
+            "short integers are absent, not a panic"
+        );
         assert_eq!(decode(Kind::Bool, vec![]), None);
         assert_eq!(
             decode(Kind::String, vec![b'a', 0xff]),
             Some(Value::String(Arc::new("a\u{fffd}".into())))
         );
-        let ts = decode(Kind::Timestamp, 1_700_000_000_123_000_000i64.to_le_bytes().to_vec());
+        let ts = decode(
+            Kind::Timestamp,
+            1_700_000_000_123_000_000i64.to_le_bytes().to_vec(),
+        );
         match ts {
             Some(Value::Timestamp(t)) => assert_eq!(t.timestamp_millis(), 1_700_000_000_123),
             other => panic!("expected a timestamp, got {other:?}"),

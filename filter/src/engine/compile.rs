@@ -155,7 +155,10 @@ impl Policy {
                 continue;
             }
             if rule.descending.is_some() && rule.order_by.is_none() {
-                errors.push(PolicyError::new(at.clone(), "descending only goes with order_by"));
+                errors.push(PolicyError::new(
+                    at.clone(),
+                    "descending only goes with order_by",
+                ));
             }
             let action = if let Some(source) = &rule.require {
                 compile_field(Field::Require, source, &mut errors).map(Action::Require)
@@ -180,7 +183,10 @@ impl Policy {
                 })
             } else if let Some(prefer) = &rule.prefer {
                 if prefer.is_empty() {
-                    errors.push(PolicyError::new(format!("{at}: prefer"), "lists no cluster"));
+                    errors.push(PolicyError::new(
+                        format!("{at}: prefer"),
+                        "lists no cluster",
+                    ));
                 }
                 let mut indices = Vec::new();
                 for name in prefer {
@@ -370,7 +376,10 @@ fn compile_clusters(
     let mut clusters = Vec::new();
     let mut fields = BTreeSet::from(["name".to_string()]);
     if document.clusters.is_empty() {
-        errors.push(PolicyError::new("clusters", "the inventory lists no cluster"));
+        errors.push(PolicyError::new(
+            "clusters",
+            "the inventory lists no cluster",
+        ));
     }
     for (name, attributes) in &document.clusters {
         let at = format!("clusters.{name}");
@@ -449,7 +458,10 @@ fn check_rule_name(
     if RESERVED_RULE_NAMES.contains(&rule.name.as_str()) {
         errors.push(PolicyError::new(
             at,
-            format!("'{}' is reserved for decisions no rule makes; rename the rule", rule.name),
+            format!(
+                "'{}' is reserved for decisions no rule makes; rename the rule",
+                rule.name
+            ),
         ));
     }
     if !seen.insert(rule.name.clone()) {
@@ -477,7 +489,10 @@ fn unknown_cluster<'a>(
 ) -> PolicyError {
     let hint = match did_you_mean(name, known.clone()) {
         Some(close) => format!(" (did you mean '{close}'?)"),
-        None => format!(" (the inventory has: {})", known.collect::<Vec<_>>().join(", ")),
+        None => format!(
+            " (the inventory has: {})",
+            known.collect::<Vec<_>>().join(", ")
+        ),
     };
     PolicyError::new(at, format!("unknown cluster '{name}'{hint}"))
 }
@@ -517,7 +532,12 @@ fn compile_expression(
         let position = program
             .source_info()
             .offset_for(id)
-            .map(|(start, _)| column_of(source, start as usize))
+            // A field selection is recorded at its '.': point at the field name.
+            .map(|(start, _)| {
+                let start = start as usize;
+                let at_dot = source.as_bytes().get(start) == Some(&b'.');
+                column_of(source, start + usize::from(at_dot))
+            })
             .map(|(line, column)| format!(" at line {line}, column {column}"))
             .unwrap_or_default();
         return Err(format!("{problem}{position} in `{source}`"));
@@ -546,7 +566,17 @@ fn column_of(source: &str, offset: usize) -> (usize, usize) {
 
 /// Names CEL accepts as type identifiers (`type(x) == string`).
 const TYPE_NAMES: [&str; 11] = [
-    "bool", "int", "uint", "double", "string", "bytes", "list", "map", "null_type", "type", "dyn",
+    "bool",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "list",
+    "map",
+    "null_type",
+    "type",
+    "dyn",
 ];
 
 /// Walks one expression's AST: records the attributes it reads and the
@@ -642,8 +672,7 @@ impl Analysis<'_> {
                     }
                     return;
                 }
-                if name == operators::IN && call.args.len() == 2 && self.is_headers(&call.args[1])
-                {
+                if name == operators::IN && call.args.len() == 2 && self.is_headers(&call.args[1]) {
                     if !self.header_key(e.id, &call.args[0]) {
                         self.needs.add_all_headers();
                         self.walk(&call.args[0]);
@@ -718,7 +747,9 @@ impl Analysis<'_> {
     fn namespace(&self, target: &IdedExpr) -> Option<String> {
         match &target.expr {
             Expr::Ident(name) if !self.bound(name) && !is_variable(name) => Some(name.clone()),
-            Expr::Select(s) if !s.test => self.namespace(&s.operand).map(|ns| format!("{ns}.{}", s.field)),
+            Expr::Select(s) if !s.test => self
+                .namespace(&s.operand)
+                .map(|ns| format!("{ns}.{}", s.field)),
             _ => None,
         }
     }

@@ -146,7 +146,12 @@ impl Run<'_> {
                 Action::Prefer(_) | Action::OrderBy { .. } => continue,
             };
             let mut step_errors = Vec::new();
-            if !self.when(rule.when.as_ref(), &rule.name, fail_closed, &mut step_errors) {
+            if !self.when(
+                rule.when.as_ref(),
+                &rule.name,
+                fail_closed,
+                &mut step_errors,
+            ) {
                 self.step(&rule.name, StepResult::NotMatched, Vec::new(), step_errors);
                 continue;
             }

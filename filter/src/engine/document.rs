@@ -88,7 +88,12 @@ impl PolicyDocument {
             serde_json::from_str(text).map_err(|e| {
                 PolicyError::new(
                     "policy",
-                    format!("invalid JSON at line {}, column {}: {}", e.line(), e.column(), strip_position(&e.to_string())),
+                    format!(
+                        "invalid JSON at line {}, column {}: {}",
+                        e.line(),
+                        e.column(),
+                        strip_position(&e.to_string())
+                    ),
                 )
                 .into()
             })

@@ -51,7 +51,10 @@ impl fmt::Display for PolicyErrors {
 impl std::error::Error for PolicyErrors {}
 
 /// The closest candidate to a misspelt name, for "did you mean" hints.
-pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (edit_distance(name, c), c))

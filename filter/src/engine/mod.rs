@@ -13,7 +13,7 @@ mod error;
 
 pub use attributes::{AttributeHost, AttributeNeeds, Attributes};
 pub use compile::{content_version, LogLevel, Policy, DEFAULT_ROUTING_HEADER};
-pub use decide::{Decision, Outcome, Trace, TraceStep, StepResult};
+pub use decide::{Decision, Outcome, StepResult, Trace, TraceStep};
 pub use document::PolicyDocument;
 pub use error::{PolicyError, PolicyErrors};
 

@@ -32,16 +32,11 @@ impl TestHost {
 impl AttributeHost for TestHost {
     fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
         self.lookups.push(format!("header:{name}"));
-        let values: Vec<&Vec<u8>> = self
-            .headers
+        // Like Envoy: the first value of a repeated header.
+        self.headers
             .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| v)
-            .collect();
-        if values.is_empty() {
-            return None;
-        }
-        Some(values.iter().map(|v| v.as_slice()).collect::<Vec<_>>().join(&b","[..]))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
     }
     fn request_headers(&mut self) -> Vec<(String, Vec<u8>)> {
         self.lookups.push("headers:*".to_string());
@@ -112,13 +107,23 @@ fn default_route_when_no_rule_selects() {
 fn residency_constraint_narrows_and_later_selection_respects_it() {
     let p = load(EXAMPLE);
     // reasoning prefers gcp first: it is in the EU, so it stays.
-    let d = decide(&p, &[("x-tenant", "a"), ("x-user-region", "eu"), ("x-task", "reasoning")]);
+    let d = decide(
+        &p,
+        &[
+            ("x-tenant", "a"),
+            ("x-user-region", "eu"),
+            ("x-task", "reasoning"),
+        ],
+    );
     assert_eq!(routed(&d), ("gcp-europe-west4", "reasoning"));
     // default aws-us-east-1 is outside the EU: never chosen for an EU user.
     let d = decide(&p, &[("x-tenant", "a"), ("x-user-region", "eu")]);
     assert_eq!(routed(&d), ("gcp-europe-west4", "first-candidate"));
     let trace = d.trace.expect("trace requested");
-    assert_eq!(trace.candidates, vec!["gcp-europe-west4", "azure-westeurope", "onprem-fra"]);
+    assert_eq!(
+        trace.candidates,
+        vec!["gcp-europe-west4", "azure-westeurope", "onprem-fra"]
+    );
     assert_eq!(trace.steps[0].excluded, vec!["aws-us-east-1"]);
 }
 
@@ -201,7 +206,10 @@ default: us
         "{}\noptions: {{no_candidate_status: 503}}\n",
         "clusters: {a: {x: 1}}\nrules: [{name: none, require: 'cluster.x == 2'}]"
     ));
-    assert!(matches!(decide(&p, &[]).outcome, Outcome::Deny { status: 503, .. }));
+    assert!(matches!(
+        decide(&p, &[]).outcome,
+        Outcome::Deny { status: 503, .. }
+    ));
 }
 
 #[test]
@@ -221,7 +229,11 @@ rules:
     let d = decide(&p, &[]);
     assert_eq!(routed(&d), ("a", "first-candidate"));
     assert_eq!(d.errors.len(), 1, "{:?}", d.errors);
-    assert!(d.errors[0].contains("rule 'tiered': require on 'b'"), "{:?}", d.errors);
+    assert!(
+        d.errors[0].contains("rule 'tiered': require on 'b'"),
+        "{:?}",
+        d.errors
+    );
 }
 
 #[test]
@@ -244,12 +256,18 @@ default: us
     // Header missing: the residency constraint applies (fail closed).
     let d = decide(&p, &[]);
     assert_eq!(routed(&d), ("eu", "first-candidate"));
-    assert!(d.errors.iter().any(|e| e.contains("rule 'eu-residency': when")));
+    assert!(d
+        .errors
+        .iter()
+        .any(|e| e.contains("rule 'eu-residency': when")));
     assert!(d.errors.iter().any(|e| e.contains("the rule applies")));
     // Region present but not eu: no constraint; the selection's when errors and is skipped.
     let d = decide(&p, &[("x-user-region", "us")]);
     assert_eq!(routed(&d), ("us", "default"));
-    assert!(d.errors.iter().any(|e| e.contains("rule 'pick-us': when") && e.contains("skipped")));
+    assert!(d
+        .errors
+        .iter()
+        .any(|e| e.contains("rule 'pick-us': when") && e.contains("skipped")));
 }
 
 #[test]
@@ -315,13 +333,19 @@ fn fetches_only_referenced_attributes() {
             "request.headers['x-user-region']"
         ]
     );
-    let mut host = TestHost::with_headers(&[("x-tenant", "a")]).property("source.address", b"1.2.3.4:5");
+    let mut host =
+        TestHost::with_headers(&[("x-tenant", "a")]).property("source.address", b"1.2.3.4:5");
     p.decide(&mut host, false);
     let mut lookups = host.lookups.clone();
     lookups.sort();
     assert_eq!(
         lookups,
-        vec!["header:x-cheap", "header:x-task", "header:x-tenant", "header:x-user-region"]
+        vec![
+            "header:x-cheap",
+            "header:x-task",
+            "header:x-tenant",
+            "header:x-user-region"
+        ]
     );
 
     let p = load(
@@ -332,7 +356,8 @@ rules:
   - {name: any-debug, when: "request.headers.exists(h, h.startsWith('x-debug'))", prefer: [a]}
 "#,
     );
-    let mut host = TestHost::with_headers(&[("x-debug-me", "1")]).property("source.address", b"127.0.0.1:9");
+    let mut host =
+        TestHost::with_headers(&[("x-debug-me", "1")]).property("source.address", b"127.0.0.1:9");
     let d = p.decide(&mut host, false);
     assert_eq!(routed(&d), ("b", "local"));
     assert_eq!(host.lookups, vec!["headers:*", "property:source.address"]);
@@ -374,21 +399,27 @@ fn odd_header_values_never_panic() {
 }
 
 #[test]
-fn repeated_headers_are_joined_with_commas() {
+fn repeated_headers_read_as_their_first_value_however_referenced() {
     let p = load(
         r#"
-clusters: {a: {}, b: {}}
+clusters: {a: {}, b: {}, c: {}}
 rules:
-  - {name: both, when: "request.headers.exists(k, request.headers[k] == '1,2')", prefer: [b]}
+  - {name: whole-map, when: "request.headers.exists(k, k == 'x-n' && request.headers[k] == '1')", prefer: [b]}
+  - {name: by-name, when: "request.headers['x-n'] == '1'", prefer: [c]}
 "#,
     );
     let mut host = TestHost::with_headers(&[("x-n", "1"), ("x-n", "2")]);
-    assert_eq!(routed(&p.decide(&mut host, false)), ("b", "both"));
+    assert_eq!(routed(&p.decide(&mut host, false)), ("b", "whole-map"));
+    let p = load("clusters: {a: {}, c: {}}\nrules:\n  - {name: by-name, when: \"request.headers['x-n'] == '1'\", prefer: [c]}\n");
+    let mut host = TestHost::with_headers(&[("x-n", "1"), ("x-n", "2")]);
+    assert_eq!(routed(&p.decide(&mut host, false)), ("c", "by-name"));
 }
 
 #[test]
 fn json_policies_are_accepted() {
-    let p = load(r#"{"clusters": {"a": {"x": 1}, "b": {}}, "rules": [{"name": "r", "prefer": ["b"]}]}"#);
+    let p = load(
+        r#"{"clusters": {"a": {"x": 1}, "b": {}}, "rules": [{"name": "r", "prefer": ["b"]}]}"#,
+    );
     assert_eq!(routed(&decide(&p, &[])), ("b", "r"));
 }
 
@@ -401,14 +432,19 @@ fn rejects_unknown_fields_with_position() {
 
 #[test]
 fn rejects_cel_syntax_errors_naming_rule_and_position() {
-    let e = errors_of("clusters: {a: {}}\nrules:\n  - {name: broken, require: \"cluster.name ==\"}\n");
-    assert!(e.starts_with("rule 'broken' (rules[0]): require: syntax error at line 1"), "{e}");
+    let e =
+        errors_of("clusters: {a: {}}\nrules:\n  - {name: broken, require: \"cluster.name ==\"}\n");
+    assert!(
+        e.starts_with("rule 'broken' (rules[0]): require: syntax error at line 1"),
+        "{e}"
+    );
     assert!(e.contains("`cluster.name ==`"), "{e}");
 }
 
 #[test]
 fn rejects_unknown_clusters_with_a_hint() {
-    let e = errors_of("clusters: {aws-us-east-1: {}}\nrules:\n  - {name: p, prefer: [aws-us-east1]}\n");
+    let e =
+        errors_of("clusters: {aws-us-east-1: {}}\nrules:\n  - {name: p, prefer: [aws-us-east1]}\n");
     assert!(
         e.contains("rule 'p' (rules[0]): prefer: unknown cluster 'aws-us-east1' (did you mean 'aws-us-east-1'?)"),
         "{e}"
@@ -419,18 +455,32 @@ fn rejects_unknown_clusters_with_a_hint() {
 
 #[test]
 fn rejects_unknown_functions_attributes_and_fields() {
-    let e = errors_of("clusters: {a: {}}\nrules:\n  - {name: f, when: \"lookup(request.path)\", prefer: [a]}\n");
+    let e = errors_of(
+        "clusters: {a: {}}\nrules:\n  - {name: f, when: \"lookup(request.path)\", prefer: [a]}\n",
+    );
     assert!(e.contains("unknown function 'lookup'"), "{e}");
-    let e = errors_of("clusters: {a: {}}\nrules:\n  - {name: f, when: \"request.pth == '/'\", prefer: [a]}\n");
-    assert!(e.contains("unknown attribute 'request.pth' (did you mean 'request.path'?)"), "{e}");
-    let e = errors_of("clusters: {a: {jurisdiction: eu}}\nrules:\n  - {name: eu-residency, require: \"cluster.jursidiction == 'eu'\"}\n");
+    let e = errors_of(
+        "clusters: {a: {}}\nrules:\n  - {name: f, when: \"request.pth == '/'\", prefer: [a]}\n",
+    );
     assert!(
-        e.contains("rule 'eu-residency' (rules[0]): require: no cluster in the inventory has the attribute 'cluster.jursidiction' (did you mean 'jurisdiction'?) at line 1, column"),
+        e.contains("unknown attribute 'request.pth' (did you mean 'request.path'?)"),
         "{e}"
     );
-    let e = errors_of("clusters: {a: {}}\nrules:\n  - {name: f, when: \"reqest.path == '/'\", prefer: [a]}\n");
-    assert!(e.contains("undeclared reference to 'reqest' (did you mean 'request'?)"), "{e}");
-    let e = errors_of("clusters: {a: {}}\nrules:\n  - {name: f, when: \"cluster.name == 'a'\", prefer: [a]}\n");
+    let e = errors_of("clusters: {a: {jurisdiction: eu}}\nrules:\n  - {name: eu-residency, require: \"cluster.jursidiction == 'eu'\"}\n");
+    assert!(
+        e.contains("rule 'eu-residency' (rules[0]): require: no cluster in the inventory has the attribute 'cluster.jursidiction' (did you mean 'jurisdiction'?) at line 1, column 9 in `cluster.jursidiction == 'eu'`"),
+        "{e}"
+    );
+    let e = errors_of(
+        "clusters: {a: {}}\nrules:\n  - {name: f, when: \"reqest.path == '/'\", prefer: [a]}\n",
+    );
+    assert!(
+        e.contains("undeclared reference to 'reqest' (did you mean 'request'?)"),
+        "{e}"
+    );
+    let e = errors_of(
+        "clusters: {a: {}}\nrules:\n  - {name: f, when: \"cluster.name == 'a'\", prefer: [a]}\n",
+    );
     assert!(e.contains("not in when"), "{e}");
     let e = errors_of("clusters: {a: {}}\nrules:\n  - {name: f, when: \"request.headers['X-Tenant'] == 'a'\", prefer: [a]}\n");
     assert!(e.contains("use 'x-tenant'"), "{e}");
@@ -458,11 +508,19 @@ rules:
 #[test]
 fn rejects_malformed_rules_and_options() {
     let e = errors_of("clusters: {a: {}}\nrules:\n  - {name: two, prefer: [a], require: 'true'}\n");
-    assert!(e.contains("exactly one of require, deny, prefer, order_by (this one has 2)"), "{e}");
+    assert!(
+        e.contains("exactly one of require, deny, prefer, order_by (this one has 2)"),
+        "{e}"
+    );
     let e = errors_of("clusters: {a: {}}\nrules:\n  - {name: default, prefer: [a]}\n");
     assert!(e.contains("reserved"), "{e}");
-    let e = errors_of("clusters: {a: {}}\nrules:\n  - {name: x, prefer: [a]}\n  - {name: x, prefer: [a]}\n");
-    assert!(e.contains("rule 'x' (rules[1]): another rule has the same name"), "{e}");
+    let e = errors_of(
+        "clusters: {a: {}}\nrules:\n  - {name: x, prefer: [a]}\n  - {name: x, prefer: [a]}\n",
+    );
+    assert!(
+        e.contains("rule 'x' (rules[1]): another rule has the same name"),
+        "{e}"
+    );
     let e = errors_of("clusters: {a: {}}\noptions: {routing_header: X-Cluster, log_level: loud}\n");
     assert!(e.contains("options.routing_header"), "{e}");
     assert!(e.contains("options.log_level"), "{e}");

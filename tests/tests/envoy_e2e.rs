@@ -1,6 +1,9 @@
 //! End to end: real Envoy 1.40 (V8) running `celroute.wasm`, real simulated
 //! clouds on loopback, real HTTP requests.
 
+// Test helpers may fail loudly: a failure here is a failed test, not a crashed proxy.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 

@@ -1,0 +1,104 @@
+//! The local multi-cloud demo: four simulated clouds, Envoy with
+//! `envoy/envoy.yaml` (celroute and the EU-residency + cost policy), a few
+//! requests that show which cloud served each, then left running for curl.
+//!
+//! `demo --once` exits after the requests (used by the test command).
+
+use std::time::Instant;
+
+use anyhow::{bail, Context as _, Result};
+use celroute_tests::envoy::{Config, Envoy};
+use celroute_tests::http::chat;
+
+fn main() -> Result<()> {
+    let once = match std::env::args().nth(1).as_deref() {
+        None => false,
+        Some("--once") => true,
+        Some(other) => bail!("unknown argument '{other}'; usage: demo [--once]"),
+    };
+    let mut config = Config::read("envoy.yaml")?;
+    let clouds = config.cluster_addresses()?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let specs: Vec<_> = clouds.iter().map(|(n, a)| (n.clone(), *a)).collect();
+    let bound = runtime
+        .block_on(celroute_tests::clouds::serve(&specs))
+        .context("starting the simulated clouds (are ports 18001-18004 free?)")?;
+    for cloud in &bound {
+        println!("cloud {:<18} http://{}", cloud.name, cloud.address);
+    }
+
+    let started = Instant::now();
+    let envoy = Envoy::start(&config).context(
+        "starting Envoy with envoy/envoy.yaml (are ports 10000 and 9901 free? was `make setup` run?)",
+    )?;
+    println!(
+        "envoy ready in {} ms: http://{} (admin http://{}), policy policies/eu-residency-cost.yaml\n",
+        started.elapsed().as_millis(),
+        envoy.listener,
+        envoy.admin
+    );
+
+    let requests: [(&str, &[(&str, &str)]); 6] = [
+        ("tenant acme, any task", &[("x-tenant", "acme")]),
+        (
+            "tenant acme, latency priority",
+            &[("x-tenant", "acme"), ("x-priority", "latency")],
+        ),
+        (
+            "EU user, latency priority",
+            &[
+                ("x-tenant", "acme"),
+                ("x-priority", "latency"),
+                ("x-user-region", "eu"),
+            ],
+        ),
+        (
+            "reasoning task",
+            &[("x-tenant", "acme"), ("x-task", "reasoning")],
+        ),
+        (
+            "EU user naming a US cluster itself",
+            &[
+                ("x-tenant", "acme"),
+                ("x-priority", "latency"),
+                ("x-user-region", "eu"),
+                ("x-celroute-cluster", "aws-us-east-1"),
+            ],
+        ),
+        ("no tenant header", &[]),
+    ];
+    println!(
+        "{:<38} {:>6}  {:<18} decision",
+        "request", "status", "served by"
+    );
+    for (label, headers) in requests {
+        let reply = chat(envoy.listener, headers)?;
+        let decision = match reply.cloud() {
+            Some(_) => reply
+                .header("x-celroute-decision")
+                .unwrap_or("")
+                .to_string(),
+            None => reply.body.clone(),
+        };
+        println!(
+            "{label:<38} {:>6}  {:<18} {decision}",
+            reply.status,
+            reply.cloud().unwrap_or("-"),
+        );
+    }
+    if once {
+        return Ok(());
+    }
+    let at = envoy.listener;
+    println!(
+        "\nRunning; try:\n  curl -s http://{at}/v1/chat/completions -H 'x-tenant: acme' -H 'x-user-region: eu' -H 'x-priority: latency' -d '{{\"model\":\"m\",\"messages\":[]}}'\n  curl -si http://{at}/v1/chat/completions -d '{{}}'\n  curl -s http://{}/stats?filter=celroute\nEnvoy's log: {}\nCtrl-C to stop.",
+        envoy.admin,
+        envoy.log.display()
+    );
+    runtime.block_on(tokio::signal::ctrl_c())?;
+    Ok(())
+}

@@ -75,6 +75,19 @@ impl Metrics {
 struct Loaded {
     policy: Policy,
     generation: u64,
+    /// The host takes decision reports (policy-host does; Envoy does not).
+    reporting: bool,
+}
+
+/// Foreign function through which a policy-testing host (policy-host)
+/// receives the filter's own account of policies and decisions. Envoy has
+/// no such function: the call at configure time answers NotFound, and the
+/// filter then never calls it per request.
+const REPORT: &str = "celroute_report";
+
+fn report(kind: &str, payload: serde_json::Value) -> bool {
+    let body = serde_json::json!({ "kind": kind, "report": payload }).to_string();
+    hostcalls::call_foreign_function(REPORT, Some(body.as_bytes())).is_ok()
 }
 
 #[derive(Default)]
@@ -120,11 +133,15 @@ impl RootContext for Root {
             None => Ok(String::new()),
         };
         let result = match text {
-            Ok(text) => Policy::load(&text).map_err(|e| e.to_string()),
-            Err(e) => Err(format!(
-                "policy: the configuration is not UTF-8 (invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
-            )),
+            Ok(text) => Policy::load(&text),
+            Err(e) => Err(crate::engine::PolicyError::new(
+                "policy",
+                format!(
+                    "the configuration is not UTF-8 (invalid byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                ),
+            )
+            .into()),
         };
         match result {
             Ok(policy) => {
@@ -148,14 +165,23 @@ impl RootContext for Root {
                         describe_reads(&policy),
                     ),
                 );
+                let reporting = report(
+                    "policy",
+                    serde_json::to_value(policy.description()).unwrap_or_default(),
+                );
                 self.loaded = Some(Rc::new(Loaded {
                     policy,
                     generation: self.generation,
+                    reporting,
                 }));
                 true
             }
             Err(errors) => {
                 Metrics::add(metrics.borrow().configurations_rejected, 1);
+                report(
+                    "rejected",
+                    serde_json::to_value(&errors.0).unwrap_or_default(),
+                );
                 log(
                     threshold.min(LogLevel::Error),
                     LogLevel::Error,
@@ -249,7 +275,16 @@ impl HttpContext for Request {
             hostcalls::set_map_value(MapType::HttpRequestHeaders, policy.routing_header(), None);
 
         let mut host = ProxyHost { fetches: 0 };
-        let decision = policy.decide(&mut host, policy.log_level() <= LogLevel::Debug);
+        let decision = policy.decide(
+            &mut host,
+            loaded.reporting || policy.log_level() <= LogLevel::Debug,
+        );
+        if loaded.reporting {
+            report(
+                "decision",
+                serde_json::to_value(&decision).unwrap_or_default(),
+            );
+        }
         for error in &decision.errors {
             log(policy.log_level(), LogLevel::Warn, &error.to_string());
         }

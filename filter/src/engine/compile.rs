@@ -327,6 +327,49 @@ impl Policy {
     pub fn referenced_attributes(&self) -> Vec<String> {
         self.needs.describe()
     }
+
+    /// What tools need to know of a loaded policy: names, rules and their kinds.
+    pub fn description(&self) -> PolicyDescription {
+        PolicyDescription {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            routing_header: self.routing_header.clone(),
+            clusters: self.cluster_names().map(str::to_string).collect(),
+            rules: self
+                .rules
+                .iter()
+                .map(|r| RuleDescription {
+                    name: r.name.clone(),
+                    kind: match r.action {
+                        Action::Require(_) => "require",
+                        Action::Deny { .. } => "deny",
+                        Action::Prefer(_) => "prefer",
+                        Action::OrderBy { .. } => "order_by",
+                    }
+                    .to_string(),
+                })
+                .collect(),
+            reads: self.referenced_attributes(),
+        }
+    }
+}
+
+/// A loaded policy as tools see it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PolicyDescription {
+    pub name: Option<String>,
+    pub version: String,
+    pub routing_header: String,
+    pub clusters: Vec<String>,
+    pub rules: Vec<RuleDescription>,
+    pub reads: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RuleDescription {
+    pub name: String,
+    /// `require`, `deny`, `prefer` or `order_by`.
+    pub kind: String,
 }
 
 /// A short, stable identifier of a policy's text (FNV-1a 64).

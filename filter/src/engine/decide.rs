@@ -18,13 +18,13 @@
 use std::cmp::Ordering;
 
 use cel::{Context, Value};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::attributes::{AttributeHost, Attributes, ROOTS};
 use super::compile::{Action, Expression, Policy};
 
 /// The outcome of one request's decision.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Outcome {
     Route { cluster: String },
@@ -32,39 +32,39 @@ pub enum Outcome {
 }
 
 /// A decision: the outcome, the rule that made it, and what went wrong on the way.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     #[serde(flatten)]
     pub outcome: Outcome,
     /// The deciding rule, or `default`, `first-candidate` when no rule chose.
     pub rule: String,
     /// Evaluation errors met (each names the rule and the cluster).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
     /// Rule-by-rule account, when asked for.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<Trace>,
 }
 
 /// Rule-by-rule account of a decision.
-#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Trace {
     pub steps: Vec<TraceStep>,
     /// Candidates left after the constraints.
     pub candidates: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TraceStep {
     pub rule: String,
     pub result: StepResult,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excluded: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepResult {
     /// `when` was false: the rule did not apply.

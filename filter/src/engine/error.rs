@@ -3,7 +3,7 @@
 use std::fmt;
 
 /// One problem in a policy document.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PolicyError {
     /// Where: `policy`, `clusters.aws-us-east-1`, `rule 'eu-residency' (rules[0]): require`, ...
     pub location: String,

@@ -12,7 +12,9 @@ mod document;
 mod error;
 
 pub use attributes::{AttributeHost, AttributeNeeds, Attributes};
-pub use compile::{content_version, LogLevel, Policy, DEFAULT_ROUTING_HEADER};
+pub use compile::{
+    content_version, LogLevel, Policy, PolicyDescription, RuleDescription, DEFAULT_ROUTING_HEADER,
+};
 pub use decide::{Decision, Outcome, StepResult, Trace, TraceStep};
 pub use document::PolicyDocument;
 pub use error::{PolicyError, PolicyErrors};

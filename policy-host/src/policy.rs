@@ -1,0 +1,195 @@
+//! One policy loaded into the real filter: what the filter decided for a
+//! request, cross-checked against what it did to the request.
+//!
+//! Everything reported here comes from the filter itself: its policy
+//! description and decision reports (the `celroute_report` foreign
+//! function), its log lines, its header changes and local replies.
+
+use celroute::engine::{Decision, Outcome, PolicyDescription, PolicyError};
+
+use crate::abi::LogLine;
+use crate::request::RequestSpec;
+use crate::vm::{FilterModule, GuestFault, StartError, Vm};
+
+/// Why a policy did not load.
+#[derive(Debug, Clone)]
+pub enum LoadFailure {
+    /// The filter's `on_configure` refused it; its own errors and log lines.
+    Rejected {
+        errors: Vec<PolicyError>,
+        logs: Vec<LogLine>,
+    },
+    /// The filter faulted while loading.
+    Fault(GuestFault),
+    /// The filter loaded it but did not describe it (not a celroute build?).
+    Undescribed,
+}
+
+impl std::fmt::Display for LoadFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadFailure::Rejected { errors, logs } => {
+                if errors.is_empty() {
+                    write!(f, "the filter rejected the policy")?;
+                    for line in logs {
+                        write!(f, "\n  {}", line.message)?;
+                    }
+                    return Ok(());
+                }
+                for (i, e) in errors.iter().enumerate() {
+                    if i > 0 {
+                        writeln!(f)?;
+                    }
+                    write!(f, "{e}")?;
+                }
+                Ok(())
+            }
+            LoadFailure::Fault(fault) => {
+                fault.fmt(f)?;
+                for line in &fault.logs {
+                    write!(f, "\n  {}: {}", line.level_name(), line.message)?;
+                }
+                Ok(())
+            }
+            LoadFailure::Undescribed => write!(
+                f,
+                "the module loaded the policy but sent no celroute_report: is it celroute.wasm?"
+            ),
+        }
+    }
+}
+
+/// What the filter did with one request.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    /// The filter's own account: outcome, deciding rule, errors, trace.
+    pub decision: Decision,
+    /// The local reply body, for denials.
+    pub body: Option<String>,
+    pub logs: Vec<LogLine>,
+}
+
+/// A policy loaded into a filter VM; a VM that faults is replaced before the next request.
+pub struct LoadedPolicy<'m> {
+    module: &'m FilterModule,
+    configuration: Vec<u8>,
+    vm: Option<Vm>,
+    pub description: PolicyDescription,
+    /// Log lines from loading.
+    pub load_logs: Vec<LogLine>,
+}
+
+impl<'m> LoadedPolicy<'m> {
+    pub fn load(module: &'m FilterModule, text: &str) -> Result<LoadedPolicy<'m>, LoadFailure> {
+        let (vm, description, logs) = start(module, text.as_bytes())?;
+        Ok(LoadedPolicy {
+            module,
+            configuration: text.as_bytes().to_vec(),
+            vm: Some(vm),
+            description,
+            load_logs: logs,
+        })
+    }
+
+    /// Sends one request through the filter and reads back its decision.
+    pub fn evaluate(&mut self, spec: &RequestSpec) -> Result<Evaluation, String> {
+        let mut vm = match self.vm.take() {
+            Some(vm) => vm,
+            None => start(self.module, &self.configuration)
+                .map_err(|e| format!("restarting the filter: {e}"))?
+                .0,
+        };
+        let record = vm.request(spec).map_err(|fault| {
+            let mut message = fault.to_string();
+            for line in &fault.logs {
+                message.push_str(&format!("\n  {}: {}", line.level_name(), line.message));
+            }
+            message
+        })?;
+        // A fault above drops the VM: the next request gets a fresh one.
+        self.vm = Some(vm);
+
+        let decision = record
+            .reports
+            .iter()
+            .rev()
+            .find(|r| r["kind"] == "decision")
+            .map(|r| serde_json::from_value::<Decision>(r["report"].clone()))
+            .ok_or("the filter reported no decision for this request")?
+            .map_err(|e| format!("the filter's decision report is malformed: {e}"))?;
+
+        // Cross-check the report against what the filter did.
+        let header = &self.description.routing_header;
+        let routed_to = record
+            .upstream_headers
+            .iter()
+            .find(|(k, _)| k == header)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        let body = record
+            .local_response
+            .as_ref()
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned());
+        match (&decision.outcome, &record.local_response) {
+            (Outcome::Route { cluster }, None) => {
+                if routed_to.as_deref() != Some(cluster) {
+                    return Err(format!(
+                        "the filter reported cluster '{cluster}' but set {header} to {routed_to:?}"
+                    ));
+                }
+                if record.route_cache_clears == 0 {
+                    return Err("the filter routed without clearing the route cache".into());
+                }
+            }
+            (Outcome::Deny { status, .. }, Some(reply)) => {
+                if u32::from(*status) != reply.status {
+                    return Err(format!(
+                        "the filter reported a {status} denial but replied {}",
+                        reply.status
+                    ));
+                }
+            }
+            (outcome, reply) => {
+                return Err(format!(
+                    "the filter reported {outcome:?} but {}",
+                    match reply {
+                        Some(r) => format!("sent a local {} reply", r.status),
+                        None if record.paused => "paused the request".to_string(),
+                        None => "sent no reply".to_string(),
+                    }
+                ))
+            }
+        }
+        Ok(Evaluation {
+            decision,
+            body,
+            logs: record.logs,
+        })
+    }
+}
+
+fn start(
+    module: &FilterModule,
+    configuration: &[u8],
+) -> Result<(Vm, PolicyDescription, Vec<LogLine>), LoadFailure> {
+    match module.start(configuration) {
+        Ok(mut vm) => {
+            let description = vm
+                .take_reports()
+                .into_iter()
+                .find(|r| r["kind"] == "policy")
+                .and_then(|r| serde_json::from_value(r["report"].clone()).ok())
+                .ok_or(LoadFailure::Undescribed)?;
+            let logs = vm.take_logs();
+            Ok((vm, description, logs))
+        }
+        Err(StartError::Fault(fault)) => Err(LoadFailure::Fault(fault)),
+        Err(StartError::Rejected { logs, reports }) => {
+            let errors = reports
+                .iter()
+                .find(|r| r["kind"] == "rejected")
+                .and_then(|r| serde_json::from_value(r["report"].clone()).ok())
+                .unwrap_or_default();
+            Err(LoadFailure::Rejected { errors, logs })
+        }
+    }
+}

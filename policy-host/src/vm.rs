@@ -1,0 +1,355 @@
+//! The filter's lifecycle, driven the way Envoy drives it: VM start,
+//! configure, then per request context create, request headers and body,
+//! response headers and body, log, done, delete.
+//!
+//! Each callback runs with a fuel budget, so a runaway guest ends that
+//! callback with an error naming it instead of hanging the host.
+
+use std::path::Path;
+
+use anyhow::{bail, Context as _, Result};
+use wasmtime::{Config, Engine, Instance, Linker, Module, Store, Val, ValType};
+
+use crate::abi::{self, HeaderMap, HostState, LocalResponse, LogLine};
+use crate::request::{Exchange, RequestSpec};
+
+/// The root context's id, as Envoy numbers it.
+const ROOT: u32 = 1;
+
+/// Instructions-ish a callback may spend (wasmtime fuel) before it is stopped.
+pub const CALLBACK_FUEL: u64 = 400_000_000;
+/// `on_configure` compiles the policy: it gets more.
+pub const CONFIGURE_FUEL: u64 = 4_000_000_000;
+
+/// A compiled filter module, ready to be instantiated any number of times.
+pub struct FilterModule {
+    engine: Engine,
+    module: Module,
+    linker: Linker<HostState>,
+}
+
+/// A guest fault: a trap, a runaway loop, a bad export, in a named callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFault {
+    pub callback: String,
+    pub message: String,
+    /// What the guest logged before the fault.
+    pub logs: Vec<LogLine>,
+}
+
+impl std::fmt::Display for GuestFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the filter failed in {}: {}", self.callback, self.message)
+    }
+}
+
+impl std::error::Error for GuestFault {}
+
+/// Why a VM did not start: a guest fault, or `on_configure` answering false.
+#[derive(Debug, Clone)]
+pub enum StartError {
+    Fault(GuestFault),
+    /// `on_configure` returned false: the configuration was rejected.
+    Rejected {
+        logs: Vec<LogLine>,
+        reports: Vec<serde_json::Value>,
+    },
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Fault(fault) => fault.fmt(f),
+            StartError::Rejected { logs, .. } => {
+                write!(f, "the filter rejected its configuration")?;
+                for line in logs.iter().filter(|l| l.level >= 3) {
+                    write!(f, "\n  {}", line.message)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl FilterModule {
+    /// Reads and compiles a `.wasm` file.
+    pub fn load(path: &Path) -> Result<FilterModule> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        FilterModule::from_bytes(&bytes).with_context(|| format!("loading {}", path.display()))
+    }
+
+    /// Compiles a module (binary format) and checks that it is a
+    /// proxy-wasm module whose imports this host provides.
+    pub fn from_bytes(bytes: &[u8]) -> Result<FilterModule> {
+        let mut config = Config::new();
+        config.consume_fuel(true);
+        let engine = Engine::new(&config)?;
+        let module = Module::new(&engine, bytes)
+            .map_err(anyhow::Error::from)
+            .context("not a valid WebAssembly module")?;
+        let mut linker = Linker::new(&engine);
+        abi::link(&mut linker)?;
+        let mut missing = Vec::new();
+        let mut probe = Store::new(&engine, HostState::new(Vec::new()));
+        for import in module.imports() {
+            if linker.get(&mut probe, import.module(), import.name()).is_err() {
+                missing.push(format!("{}.{}", import.module(), import.name()));
+            }
+        }
+        if !missing.is_empty() {
+            bail!(
+                "the module imports {} that neither policy-host nor Envoy provides: {}",
+                if missing.len() == 1 { "a function" } else { "functions" },
+                missing.join(", ")
+            );
+        }
+        let exports: Vec<&str> = module.exports().map(|e| e.name()).collect();
+        if !exports
+            .iter()
+            .any(|e| *e == "proxy_abi_version_0_2_1" || *e == "proxy_abi_version_0_2_0")
+        {
+            bail!("the module declares no supported proxy-wasm ABI version (it exports neither proxy_abi_version_0_2_1 nor proxy_abi_version_0_2_0)");
+        }
+        for required in ["memory", "proxy_on_memory_allocate", "proxy_on_context_create"] {
+            if !exports.contains(&required) {
+                bail!("the module does not export {required}, which every proxy-wasm module must");
+            }
+        }
+        Ok(FilterModule {
+            engine,
+            module,
+            linker,
+        })
+    }
+
+    /// Instantiates the module and runs VM start and configure, as Envoy does
+    /// when it loads a plugin.
+    pub fn start(&self, plugin_configuration: &[u8]) -> Result<Vm, StartError> {
+        let mut store = Store::new(&self.engine, HostState::new(plugin_configuration.to_vec()));
+        store.limiter(|state| &mut state.limits);
+        store.data_mut().exchange.contexts = vec![ROOT];
+        let fault = |callback: &str, message: String| GuestFault {
+            callback: callback.to_string(),
+            message,
+            logs: Vec::new(),
+        };
+        let _ = store.set_fuel(CONFIGURE_FUEL);
+        let instance = self
+            .linker
+            .instantiate(&mut store, &self.module)
+            .map_err(|e| StartError::Fault(fault("instantiation", format!("{e:#}"))))?;
+        let mut vm = Vm {
+            store,
+            instance,
+            next_context: ROOT + 1,
+        };
+        for init in ["_initialize", "_start"] {
+            if vm.instance.get_func(&mut vm.store, init).is_some() {
+                vm.call(init, &[], CONFIGURE_FUEL).map_err(StartError::Fault)?;
+                break;
+            }
+        }
+        vm.call("proxy_on_context_create", &[ROOT as i32, 0], CALLBACK_FUEL)
+            .map_err(StartError::Fault)?;
+        let vm_config_size = vm.store.data().vm_configuration.len() as i32;
+        if let Some(0) = vm
+            .call("proxy_on_vm_start", &[ROOT as i32, vm_config_size], CONFIGURE_FUEL)
+            .map_err(StartError::Fault)?
+        {
+            return Err(StartError::Fault(GuestFault {
+                callback: "proxy_on_vm_start".into(),
+                message: "returned false: the VM refused to start".into(),
+                logs: std::mem::take(&mut vm.store.data_mut().logs),
+            }));
+        }
+        let size = plugin_configuration.len() as i32;
+        let configured = vm
+            .call("proxy_on_configure", &[ROOT as i32, size], CONFIGURE_FUEL)
+            .map_err(StartError::Fault)?;
+        if configured == Some(0) {
+            let state = vm.store.data_mut();
+            return Err(StartError::Rejected {
+                logs: std::mem::take(&mut state.logs),
+                reports: std::mem::take(&mut state.reports),
+            });
+        }
+        Ok(vm)
+    }
+}
+
+/// A running filter VM with its root context configured.
+pub struct Vm {
+    store: Store<HostState>,
+    instance: Instance,
+    next_context: u32,
+}
+
+/// What one request did.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    /// The request headers after the filter's request phase (what the router sees).
+    pub upstream_headers: HeaderMap,
+    /// The local reply, if the filter sent one.
+    pub local_response: Option<LocalResponse>,
+    /// The response headers the client receives.
+    pub response_headers: HeaderMap,
+    /// The request phase ended paused without a reply (Envoy would wait).
+    pub paused: bool,
+    pub route_cache_clears: u32,
+    pub reports: Vec<serde_json::Value>,
+    pub logs: Vec<LogLine>,
+}
+
+impl Vm {
+    /// Calls a guest export with i32 arguments; `None` for a missing optional
+    /// callback (Envoy skips those) or one that returns nothing.
+    fn call(&mut self, name: &str, args: &[i32], fuel: u64) -> Result<Option<i32>, GuestFault> {
+        let fault = |message: String, store: &mut Store<HostState>| GuestFault {
+            callback: name.to_string(),
+            message,
+            logs: std::mem::take(&mut store.data_mut().logs),
+        };
+        let Some(func) = self.instance.get_func(&mut self.store, name) else {
+            return Ok(None);
+        };
+        let ty = func.ty(&self.store);
+        let params_ok = ty.params().len() == args.len() && ty.params().all(|p| matches!(p, ValType::I32));
+        let results: Vec<ValType> = ty.results().collect();
+        let results_ok = results.len() <= 1 && results.iter().all(|r| matches!(r, ValType::I32));
+        if !params_ok || !results_ok {
+            let wanted = format!("({}) -> i32", vec!["i32"; args.len()].join(", "));
+            return Err(fault(
+                format!("the export has type {ty:?}; the proxy-wasm ABI wants {wanted}"),
+                &mut self.store,
+            ));
+        }
+        let _ = self.store.set_fuel(fuel);
+        let params: Vec<Val> = args.iter().map(|a| Val::I32(*a)).collect();
+        let mut out = vec![Val::I32(0); results.len()];
+        match func.call(&mut self.store, &params, &mut out) {
+            Ok(()) => Ok(out.first().and_then(Val::i32)),
+            Err(error) => {
+                let out_of_fuel = matches!(
+                    error.downcast_ref::<wasmtime::Trap>(),
+                    Some(wasmtime::Trap::OutOfFuel)
+                );
+                let message = if out_of_fuel {
+                    format!("ran out of its budget of {fuel} fuel units (a runaway loop?)")
+                } else if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+                    format!("trap: {trap}")
+                } else {
+                    // A host error (proc_exit), without the wasm backtrace.
+                    error.root_cause().to_string()
+                };
+                Err(fault(message, &mut self.store))
+            }
+        }
+    }
+
+    /// Runs one request through the filter, as Envoy would for a request that
+    /// reaches an upstream answering `200` (or the filter's local reply).
+    pub fn request(&mut self, spec: &RequestSpec) -> Result<RequestRecord, GuestFault> {
+        let id = self.next_context;
+        self.next_context += 1;
+        let time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let mut exchange = Exchange::from_spec(spec, u64::from(id), time);
+        exchange.contexts = vec![ROOT, id];
+        let has_body = !exchange.request_body.is_empty();
+        let headers = exchange.request_headers.len() as i32;
+        let body_len = exchange.request_body.len() as i32;
+        self.store.data_mut().exchange = exchange;
+        let ctx = id as i32;
+
+        self.call("proxy_on_context_create", &[ctx, ROOT as i32], CALLBACK_FUEL)?;
+        let action = self.call(
+            "proxy_on_request_headers",
+            &[ctx, headers, i32::from(!has_body)],
+            CALLBACK_FUEL,
+        )?;
+        let upstream_headers = self.store.data().exchange.request_headers.clone();
+        let mut paused = false;
+        let local = self.store.data().exchange.local_response.clone();
+        if let Some(reply) = &local {
+            // Envoy runs the encoder filters over a local reply too.
+            let mut response: HeaderMap = vec![(":status".into(), reply.status.to_string().into_bytes())];
+            response.extend(reply.headers.iter().cloned());
+            self.respond(ctx, response, reply.body.clone())?;
+        } else if action == Some(1) && !self.store.data().exchange.resumed {
+            paused = true;
+        } else {
+            if has_body {
+                self.call("proxy_on_request_body", &[ctx, body_len, 1], CALLBACK_FUEL)?;
+            }
+            let response = vec![
+                (":status".to_string(), b"200".to_vec()),
+                ("content-type".to_string(), b"application/json".to_vec()),
+            ];
+            self.respond(ctx, response, b"{}".to_vec())?;
+        }
+        self.call("proxy_on_log", &[ctx], CALLBACK_FUEL)?;
+        self.call("proxy_on_done", &[ctx], CALLBACK_FUEL)?;
+        self.call("proxy_on_delete", &[ctx], CALLBACK_FUEL)?;
+        let state = self.store.data_mut();
+        let exchange = std::mem::take(&mut state.exchange);
+        let record = RequestRecord {
+            upstream_headers,
+            local_response: exchange.local_response,
+            response_headers: exchange.response_headers,
+            paused,
+            route_cache_clears: std::mem::take(&mut state.route_cache_clears),
+            reports: std::mem::take(&mut state.reports),
+            logs: std::mem::take(&mut state.logs),
+        };
+        state.exchange.contexts = vec![ROOT];
+        Ok(record)
+    }
+
+    fn respond(&mut self, ctx: i32, headers: HeaderMap, body: Vec<u8>) -> Result<(), GuestFault> {
+        let count = headers.len() as i32;
+        let len = body.len() as i32;
+        let state = self.store.data_mut();
+        state.exchange.response_headers = headers;
+        state.exchange.response_body = body;
+        self.call("proxy_on_response_headers", &[ctx, count, i32::from(len == 0)], CALLBACK_FUEL)?;
+        if len > 0 {
+            self.call("proxy_on_response_body", &[ctx, len, 1], CALLBACK_FUEL)?;
+        }
+        Ok(())
+    }
+
+    /// Reports the filter made while starting (its policy description).
+    pub fn take_reports(&mut self) -> Vec<serde_json::Value> {
+        std::mem::take(&mut self.store.data_mut().reports)
+    }
+
+    pub fn take_logs(&mut self) -> Vec<LogLine> {
+        std::mem::take(&mut self.store.data_mut().logs)
+    }
+
+    /// Metrics the guest defined, with their values.
+    pub fn metrics(&self) -> Vec<(String, i64)> {
+        self.store
+            .data()
+            .metrics
+            .iter()
+            .map(|m| (m.name.clone(), m.value))
+            .collect()
+    }
+
+    /// Fires the root context's timer once (`proxy_on_tick`).
+    pub fn tick(&mut self) -> Result<(), GuestFault> {
+        self.call("proxy_on_tick", &[ROOT as i32], CALLBACK_FUEL).map(|_| ())
+    }
+
+    /// Test access to the host state.
+    pub fn state(&mut self) -> &mut HostState {
+        self.store.data_mut()
+    }
+}
+

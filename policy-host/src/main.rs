@@ -149,8 +149,8 @@ fn run(cli: Cli) -> Result<bool> {
             source,
             format,
         } => {
-            let text = std::fs::read_to_string(&policy)
-                .with_context(|| format!("reading {}", policy.display()))?;
+            let text =
+                std::fs::read(&policy).with_context(|| format!("reading {}", policy.display()))?;
             let mut loaded = LoadedPolicy::load(&module, &text)
                 .map_err(|e| anyhow::anyhow!("{} did not load:\n{e}", policy.display()))?;
             let mut pairs = Vec::new();
@@ -197,7 +197,7 @@ fn run(cli: Cli) -> Result<bool> {
             }
             let mut ok = true;
             for path in &policies {
-                let text = match std::fs::read_to_string(path) {
+                let text = match std::fs::read(path) {
                     Ok(text) => text,
                     Err(e) => {
                         println!("{}: cannot read: {e}", path.display());

@@ -80,11 +80,12 @@ pub struct LoadedPolicy<'m> {
 }
 
 impl<'m> LoadedPolicy<'m> {
-    pub fn load(module: &'m FilterModule, text: &str) -> Result<LoadedPolicy<'m>, LoadFailure> {
-        let (vm, description, logs) = start(module, text.as_bytes())?;
+    /// Loads a policy document (its bytes, as Envoy passes them) into a new VM.
+    pub fn load(module: &'m FilterModule, policy: &[u8]) -> Result<LoadedPolicy<'m>, LoadFailure> {
+        let (vm, description, logs) = start(module, policy)?;
         Ok(LoadedPolicy {
             module,
-            configuration: text.as_bytes().to_vec(),
+            configuration: policy.to_vec(),
             vm: Some(vm),
             description,
             load_logs: logs,

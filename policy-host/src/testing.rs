@@ -203,7 +203,7 @@ pub fn run_file(module: &FilterModule, file: &Path) -> FileResult {
     };
     let dir = file.parent().unwrap_or(Path::new("."));
     result.policy = dir.join(&tests.policy);
-    let text = match std::fs::read_to_string(&result.policy) {
+    let text = match std::fs::read(&result.policy) {
         Ok(text) => text,
         Err(e) => {
             result.error = Some(format!("reading policy {}: {e}", result.policy.display()));

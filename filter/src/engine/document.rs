@@ -89,7 +89,11 @@ impl PolicyDocument {
                 PolicyError::new(
                     "policy",
                     format!(
-                        "invalid JSON at line {}, column {}: {}",
+                        "{}line {}, column {}: {}",
+                        match e.classify() {
+                            serde_json::error::Category::Data => "",
+                            _ => "invalid JSON at ",
+                        },
                         e.line(),
                         e.column(),
                         strip_position(&e.to_string())
@@ -101,12 +105,12 @@ impl PolicyDocument {
             serde_yaml::from_str(text).map_err(|e| {
                 let message = match e.location() {
                     Some(at) => format!(
-                        "invalid YAML at line {}, column {}: {}",
+                        "line {}, column {}: {}",
                         at.line(),
                         at.column(),
                         strip_position(&e.to_string())
                     ),
-                    None => format!("invalid YAML: {e}"),
+                    None => e.to_string(),
                 };
                 PolicyError::new("policy", message).into()
             })

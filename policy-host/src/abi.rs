@@ -337,14 +337,18 @@ pub fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 }
 
 fn link_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    l.func_wrap("env", "proxy_log", |mut c: Ctx<'_>, level: i32, ptr: i32, len: i32| {
-        finish((|| {
-            let message = String::from_utf8_lossy(&read(&mut c, ptr, len)?).into_owned();
-            let level = u32::try_from(level).map_err(|_| Status::BadArgument)?;
-            c.data_mut().logs.push(LogLine { level, message });
-            Ok(())
-        })())
-    })?;
+    l.func_wrap(
+        "env",
+        "proxy_log",
+        |mut c: Ctx<'_>, level: i32, ptr: i32, len: i32| {
+            finish((|| {
+                let message = String::from_utf8_lossy(&read(&mut c, ptr, len)?).into_owned();
+                let level = u32::try_from(level).map_err(|_| Status::BadArgument)?;
+                c.data_mut().logs.push(LogLine { level, message });
+                Ok(())
+            })())
+        },
+    )?;
     l.func_wrap("env", "proxy_get_log_level", |mut c: Ctx<'_>, ptr: i32| {
         let level = c.data().log_level;
         finish(write_u32(&mut c, ptr, level))
@@ -579,7 +583,11 @@ fn link_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             finish((|| {
                 let key = read_string(&mut c, key_ptr, key_len)?;
                 let value = read(&mut c, ptr, len)?;
-                let entry = c.data_mut().shared_data.entry(key).or_insert((Vec::new(), 0));
+                let entry = c
+                    .data_mut()
+                    .shared_data
+                    .entry(key)
+                    .or_insert((Vec::new(), 0));
                 if cas != 0 && cas as u32 != entry.1 {
                     return Err(Status::CasMismatch.into());
                 }
@@ -595,7 +603,10 @@ fn link_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             finish((|| {
                 let name = read_string(&mut c, name_ptr, name_len)?;
                 let queues = &mut c.data_mut().queues;
-                let id = match queues.iter().position(|(vm, n, _)| vm.is_empty() && *n == name) {
+                let id = match queues
+                    .iter()
+                    .position(|(vm, n, _)| vm.is_empty() && *n == name)
+                {
                     Some(i) => i,
                     None => {
                         queues.push((String::new(), name, VecDeque::new()));
@@ -628,7 +639,9 @@ fn link_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_dequeue_shared_queue",
         |mut c: Ctx<'_>, id: i32, ptr_ptr: i32, size_ptr: i32| {
             finish((|| {
-                let index = (id as u32 as usize).checked_sub(1).ok_or(Status::NotFound)?;
+                let index = (id as u32 as usize)
+                    .checked_sub(1)
+                    .ok_or(Status::NotFound)?;
                 let queue = c.data_mut().queues.get_mut(index).ok_or(Status::NotFound)?;
                 let item = queue.2.pop_front().ok_or(Status::Empty)?;
                 give(&mut c, &item, ptr_ptr, size_ptr)
@@ -641,7 +654,9 @@ fn link_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: Ctx<'_>, id: i32, ptr: i32, len: i32| {
             finish((|| {
                 let value = read(&mut c, ptr, len)?;
-                let index = (id as u32 as usize).checked_sub(1).ok_or(Status::NotFound)?;
+                let index = (id as u32 as usize)
+                    .checked_sub(1)
+                    .ok_or(Status::NotFound)?;
                 let queue = c.data_mut().queues.get_mut(index).ok_or(Status::NotFound)?;
                 queue.2.push_back(value);
                 Ok(())
@@ -682,8 +697,8 @@ fn link_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
          headers_len: i32,
          _grpc_status: i32| {
             finish((|| {
-                let details = String::from_utf8_lossy(&read(&mut c, details_ptr, details_len)?)
-                    .into_owned();
+                let details =
+                    String::from_utf8_lossy(&read(&mut c, details_ptr, details_len)?).into_owned();
                 let body = read(&mut c, body_ptr, body_len)?;
                 let headers = deserialize_map(&read(&mut c, headers_ptr, headers_len)?)
                     .ok_or(Status::SerializationFailure)?;
@@ -773,7 +788,11 @@ fn link_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |_: Ctx<'_>, _: i32, _: i32, _: i32, _: i32| Ok(Status::NotFound as i32),
     )?;
     for name in ["proxy_grpc_cancel", "proxy_grpc_close"] {
-        l.func_wrap("env", name, |_: Ctx<'_>, _: i32| Ok(Status::NotFound as i32))?;
+        l.func_wrap(
+            "env",
+            name,
+            |_: Ctx<'_>, _: i32| Ok(Status::NotFound as i32),
+        )?;
     }
     l.func_wrap(
         "env",
@@ -798,11 +817,21 @@ fn link_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok(Status::Ok as i32)
         },
     )?;
-    l.func_wrap("env", "proxy_done", |_: Ctx<'_>| Ok(Status::NotFound as i32))?;
+    l.func_wrap(
+        "env",
+        "proxy_done",
+        |_: Ctx<'_>| Ok(Status::NotFound as i32),
+    )?;
     l.func_wrap(
         "env",
         "proxy_call_foreign_function",
-        |mut c: Ctx<'_>, name_ptr: i32, name_len: i32, args_ptr: i32, args_len: i32, ptr_ptr: i32, size_ptr: i32| {
+        |mut c: Ctx<'_>,
+         name_ptr: i32,
+         name_len: i32,
+         args_ptr: i32,
+         args_len: i32,
+         ptr_ptr: i32,
+         size_ptr: i32| {
             finish((|| {
                 let name = read_string(&mut c, name_ptr, name_len)?;
                 let args = read(&mut c, args_ptr, args_len)?;
@@ -831,7 +860,10 @@ fn link_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 }
                 let name = read_string(&mut c, name_ptr, name_len)?;
                 let metrics = &mut c.data_mut().metrics;
-                let id = match metrics.iter().position(|m| m.name == name && m.kind == kind as u32) {
+                let id = match metrics
+                    .iter()
+                    .position(|m| m.name == name && m.kind == kind as u32)
+                {
                     Some(i) => i,
                     None => {
                         metrics.push(Metric {
@@ -931,9 +963,11 @@ fn link_wasi(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             errno(write(&mut c, ptr, &now.to_le_bytes()))
         },
     )?;
-    l.func_wrap(W, "clock_res_get", |mut c: Ctx<'_>, _clock: i32, ptr: i32| {
-        errno(write(&mut c, ptr, &1u64.to_le_bytes()))
-    })?;
+    l.func_wrap(
+        W,
+        "clock_res_get",
+        |mut c: Ctx<'_>, _clock: i32, ptr: i32| errno(write(&mut c, ptr, &1u64.to_le_bytes())),
+    )?;
     l.func_wrap(W, "random_get", |mut c: Ctx<'_>, ptr: i32, len: i32| {
         errno((|| {
             let (_, len) = range(ptr, len)?;
@@ -971,13 +1005,17 @@ fn link_wasi(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    l.func_wrap(W, "fd_read", |_: Ctx<'_>, _: i32, _: i32, _: i32, _: i32| {
-        Ok(ERRNO_NOSYS)
-    })?;
+    l.func_wrap(
+        W,
+        "fd_read",
+        |_: Ctx<'_>, _: i32, _: i32, _: i32, _: i32| Ok(ERRNO_NOSYS),
+    )?;
     l.func_wrap(W, "fd_close", |_: Ctx<'_>, _: i32| Ok(ERRNO_NOSYS))?;
-    l.func_wrap(W, "fd_seek", |_: Ctx<'_>, _: i32, _: i64, _: i32, _: i32| {
-        Ok(ERRNO_NOSYS)
-    })?;
+    l.func_wrap(
+        W,
+        "fd_seek",
+        |_: Ctx<'_>, _: i32, _: i64, _: i32, _: i32| Ok(ERRNO_NOSYS),
+    )?;
     l.func_wrap(W, "fd_fdstat_get", |mut c: Ctx<'_>, fd: i32, ptr: i32| {
         if fd != 1 && fd != 2 {
             return Ok(ERRNO_BADF);
@@ -988,16 +1026,28 @@ fn link_wasi(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         stat[8] = 64;
         errno(write(&mut c, ptr, &stat))
     })?;
-    l.func_wrap(W, "fd_prestat_get", |_: Ctx<'_>, _: i32, _: i32| Ok(ERRNO_BADF))?;
-    l.func_wrap(W, "fd_prestat_dir_name", |_: Ctx<'_>, _: i32, _: i32, _: i32| {
-        Ok(ERRNO_NOSYS)
+    l.func_wrap(W, "fd_prestat_get", |_: Ctx<'_>, _: i32, _: i32| {
+        Ok(ERRNO_BADF)
     })?;
+    l.func_wrap(
+        W,
+        "fd_prestat_dir_name",
+        |_: Ctx<'_>, _: i32, _: i32, _: i32| Ok(ERRNO_NOSYS),
+    )?;
     l.func_wrap(W, "sched_yield", |_: Ctx<'_>| Ok(ERRNO_SUCCESS))?;
-    l.func_wrap(W, "poll_oneoff", |_: Ctx<'_>, _: i32, _: i32, _: i32, _: i32| {
-        Ok(ERRNO_NOSYS)
-    })?;
-    l.func_wrap(W, "proc_exit", |_: Ctx<'_>, code: i32| -> wasmtime::Result<()> {
-        Err(wasmtime::Error::msg(format!("the module called proc_exit({code})")))
-    })?;
+    l.func_wrap(
+        W,
+        "poll_oneoff",
+        |_: Ctx<'_>, _: i32, _: i32, _: i32, _: i32| Ok(ERRNO_NOSYS),
+    )?;
+    l.func_wrap(
+        W,
+        "proc_exit",
+        |_: Ctx<'_>, code: i32| -> wasmtime::Result<()> {
+            Err(wasmtime::Error::msg(format!(
+                "the module called proc_exit({code})"
+            )))
+        },
+    )?;
     Ok(())
 }

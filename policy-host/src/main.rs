@@ -13,7 +13,11 @@ use policy_host::vm::FilterModule;
 use policy_host::{default_wasm_candidates, report};
 
 #[derive(Parser)]
-#[command(name = "policy-host", version, about = "Test, explain and check celroute policies with the real celroute.wasm")]
+#[command(
+    name = "policy-host",
+    version,
+    about = "Test, explain and check celroute policies with the real celroute.wasm"
+)]
 struct Cli {
     /// The filter to run (default: the workspace's target/wasm32-wasip1/release/celroute.wasm).
     #[arg(long, global = true, value_name = "PATH")]
@@ -168,9 +172,7 @@ fn run(cli: Cli) -> Result<bool> {
                 source,
                 ..RequestSpec::default()
             };
-            let evaluation = loaded
-                .evaluate(&spec)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let evaluation = loaded.evaluate(&spec).map_err(|e| anyhow::anyhow!("{e}"))?;
             match format {
                 EvalFormat::Json => {
                     let mut value = serde_json::to_value(&evaluation.decision)?;

@@ -96,9 +96,11 @@ impl<'m> LoadedPolicy<'m> {
     pub fn evaluate(&mut self, spec: &RequestSpec) -> Result<Evaluation, String> {
         let mut vm = match self.vm.take() {
             Some(vm) => vm,
-            None => start(self.module, &self.configuration)
-                .map_err(|e| format!("restarting the filter: {e}"))?
-                .0,
+            None => {
+                start(self.module, &self.configuration)
+                    .map_err(|e| format!("restarting the filter: {e}"))?
+                    .0
+            }
         };
         let record = vm.request(spec).map_err(|fault| {
             let mut message = fault.to_string();

@@ -17,7 +17,11 @@ pub fn explain(decision: &Decision, description: &PolicyDescription) -> Vec<Stri
         .unwrap_or(0)
         .max(8);
     let mut lines = Vec::new();
-    let steps = decision.trace.as_ref().map(|t| t.steps.as_slice()).unwrap_or(&[]);
+    let steps = decision
+        .trace
+        .as_ref()
+        .map(|t| t.steps.as_slice())
+        .unwrap_or(&[]);
     for rule in &description.rules {
         let what = match steps.iter().find(|s| s.rule == rule.name) {
             None => "not reached".to_string(),
@@ -62,7 +66,12 @@ pub fn human(results: &[FileResult], coverage: bool) -> String {
     let mut out = String::new();
     for file in results {
         let description = &file.description;
-        let _ = writeln!(out, "{} (policy {})", file.file.display(), file.policy.display());
+        let _ = writeln!(
+            out,
+            "{} (policy {})",
+            file.file.display(),
+            file.policy.display()
+        );
         if let Some(error) = &file.error {
             let _ = writeln!(out, "  ERROR {}", indent(error, 8));
         }
@@ -132,10 +141,16 @@ pub fn json(results: &[FileResult]) -> String {
 }
 
 pub fn junit(results: &[FileResult]) -> String {
-    let tests: usize = results.iter().map(|f| f.cases.len() + usize::from(f.error.is_some())).sum();
+    let tests: usize = results
+        .iter()
+        .map(|f| f.cases.len() + usize::from(f.error.is_some()))
+        .sum();
     let failures: usize = results.iter().map(FileResult::failed).sum();
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let _ = writeln!(out, "<testsuites name=\"policy-host\" tests=\"{tests}\" failures=\"{failures}\">");
+    let _ = writeln!(
+        out,
+        "<testsuites name=\"policy-host\" tests=\"{tests}\" failures=\"{failures}\">"
+    );
     for file in results {
         let name = xml(&file.file.display().to_string());
         let _ = writeln!(
@@ -155,10 +170,17 @@ pub fn junit(results: &[FileResult]) -> String {
         for case in &file.cases {
             let case_name = xml(&case.name);
             if case.passed {
-                let _ = writeln!(out, "    <testcase name=\"{case_name}\" classname=\"{name}\"/>");
+                let _ = writeln!(
+                    out,
+                    "    <testcase name=\"{case_name}\" classname=\"{name}\"/>"
+                );
             } else {
                 let failure = case.failure.clone().unwrap_or_default();
-                let got = case.decision.as_ref().map(describe_decision).unwrap_or_default();
+                let got = case
+                    .decision
+                    .as_ref()
+                    .map(describe_decision)
+                    .unwrap_or_default();
                 let _ = writeln!(
                     out,
                     "    <testcase name=\"{case_name}\" classname=\"{name}\"><failure message=\"{}\">{}</failure></testcase>",

@@ -127,6 +127,10 @@ impl Exchange {
             }
             headers.push((name, value.into_bytes()));
         }
+        let body = spec.body.clone().unwrap_or_default();
+        if !body.is_empty() && !headers.iter().any(|(k, _)| k == "content-length") {
+            headers.push(("content-length".into(), body.len().to_string().into_bytes()));
+        }
         if !headers.iter().any(|(k, _)| k == "x-forwarded-proto") {
             headers.push(("x-forwarded-proto".into(), scheme.into_bytes()));
         }
@@ -138,9 +142,12 @@ impl Exchange {
         }
         Exchange {
             request_headers: headers,
-            request_body: spec.body.clone().unwrap_or_default().into_bytes(),
+            request_body: body.into_bytes(),
             time_nanos,
-            source: spec.source.clone().unwrap_or_else(|| "127.0.0.1:50000".into()),
+            source: spec
+                .source
+                .clone()
+                .unwrap_or_else(|| "127.0.0.1:50000".into()),
             destination: spec
                 .destination
                 .clone()
@@ -173,17 +180,22 @@ impl Exchange {
         }
         let path: Vec<&str> = path.iter().map(String::as_str).collect();
         let int = |v: i64| Some(v.to_le_bytes().to_vec());
-        let tls = |f: fn(&MtlsSpec) -> Option<String>| self.mtls.as_ref().and_then(f).map(String::into_bytes);
+        let tls = |f: fn(&MtlsSpec) -> Option<String>| {
+            self.mtls.as_ref().and_then(f).map(String::into_bytes)
+        };
         match path.as_slice() {
             ["request", "path"] => self.header(":path"),
             ["request", "url_path"] => self.header(":path").map(|p| {
                 let end = p.iter().position(|b| *b == b'?').unwrap_or(p.len());
                 p[..end].to_vec()
             }),
-            ["request", "query"] => self.header(":path").map(|p| match p.iter().position(|b| *b == b'?') {
-                Some(q) => p[q + 1..].to_vec(),
-                None => Vec::new(),
-            }),
+            ["request", "query"] => {
+                self.header(":path")
+                    .map(|p| match p.iter().position(|b| *b == b'?') {
+                        Some(q) => p[q + 1..].to_vec(),
+                        None => Vec::new(),
+                    })
+            }
             ["request", "host"] => self.header(":authority"),
             ["request", "scheme"] => self.header(":scheme"),
             ["request", "method"] => self.header(":method"),

@@ -76,7 +76,10 @@ pub fn describe_decision(decision: &Decision) -> String {
     match &decision.outcome {
         Outcome::Route { cluster } => format!("route to {cluster} by rule {}", decision.rule),
         Outcome::Deny { status, message } => {
-            format!("deny {status} by rule {} with message {message:?}", decision.rule)
+            format!(
+                "deny {status} by rule {} with message {message:?}",
+                decision.rule
+            )
         }
     }
 }
@@ -213,7 +216,10 @@ pub fn run_file(module: &FilterModule, file: &Path) -> FileResult {
     let mut policy = match LoadedPolicy::load(module, &text) {
         Ok(policy) => policy,
         Err(e) => {
-            result.error = Some(format!("policy {} did not load:\n{e}", result.policy.display()));
+            result.error = Some(format!(
+                "policy {} did not load:\n{e}",
+                result.policy.display()
+            ));
             return result;
         }
     };

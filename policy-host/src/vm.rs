@@ -39,7 +39,11 @@ pub struct GuestFault {
 
 impl std::fmt::Display for GuestFault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the filter failed in {}: {}", self.callback, self.message)
+        write!(
+            f,
+            "the filter failed in {}: {}",
+            self.callback, self.message
+        )
     }
 }
 
@@ -74,35 +78,64 @@ impl std::fmt::Display for StartError {
 impl std::error::Error for StartError {}
 
 impl FilterModule {
-    /// Reads and compiles a `.wasm` file.
+    /// Reads and compiles a `.wasm` file. The compiled code is cached beside
+    /// it (`.policy-host-cache/`), keyed by the module's bytes, so later runs
+    /// skip compilation.
     pub fn load(path: &Path) -> Result<FilterModule> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        FilterModule::from_bytes(&bytes).with_context(|| format!("loading {}", path.display()))
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let cache = path.parent().map(|dir| {
+            dir.join(".policy-host-cache").join(format!(
+                "{:016x}-{}.cwasm",
+                fnv1a(&bytes),
+                bytes.len()
+            ))
+        });
+        FilterModule::build(&bytes, cache.as_deref())
+            .with_context(|| format!("loading {}", path.display()))
     }
 
     /// Compiles a module (binary format) and checks that it is a
     /// proxy-wasm module whose imports this host provides.
     pub fn from_bytes(bytes: &[u8]) -> Result<FilterModule> {
+        FilterModule::build(bytes, None)
+    }
+
+    fn build(bytes: &[u8], cache: Option<&Path>) -> Result<FilterModule> {
         let mut config = Config::new();
         config.consume_fuel(true);
         let engine = Engine::new(&config)?;
-        let module = Module::new(&engine, bytes)
-            .map_err(anyhow::Error::from)
-            .context("not a valid WebAssembly module")?;
+        let module = match cache.and_then(|c| cached(&engine, c)) {
+            Some(module) => module,
+            None => {
+                let module = Module::new(&engine, bytes)
+                    .map_err(anyhow::Error::from)
+                    .context("not a valid WebAssembly module")?;
+                if let Some(cache) = cache {
+                    store_cached(&module, cache);
+                }
+                module
+            }
+        };
         let mut linker = Linker::new(&engine);
         abi::link(&mut linker)?;
         let mut missing = Vec::new();
         let mut probe = Store::new(&engine, HostState::new(Vec::new()));
         for import in module.imports() {
-            if linker.get(&mut probe, import.module(), import.name()).is_err() {
+            if linker
+                .get(&mut probe, import.module(), import.name())
+                .is_err()
+            {
                 missing.push(format!("{}.{}", import.module(), import.name()));
             }
         }
         if !missing.is_empty() {
             bail!(
                 "the module imports {} that neither policy-host nor Envoy provides: {}",
-                if missing.len() == 1 { "a function" } else { "functions" },
+                if missing.len() == 1 {
+                    "a function"
+                } else {
+                    "functions"
+                },
                 missing.join(", ")
             );
         }
@@ -113,7 +146,11 @@ impl FilterModule {
         {
             bail!("the module declares no supported proxy-wasm ABI version (it exports neither proxy_abi_version_0_2_1 nor proxy_abi_version_0_2_0)");
         }
-        for required in ["memory", "proxy_on_memory_allocate", "proxy_on_context_create"] {
+        for required in [
+            "memory",
+            "proxy_on_memory_allocate",
+            "proxy_on_context_create",
+        ] {
             if !exports.contains(&required) {
                 bail!("the module does not export {required}, which every proxy-wasm module must");
             }
@@ -148,7 +185,8 @@ impl FilterModule {
         };
         for init in ["_initialize", "_start"] {
             if vm.instance.get_func(&mut vm.store, init).is_some() {
-                vm.call(init, &[], CONFIGURE_FUEL).map_err(StartError::Fault)?;
+                vm.call(init, &[], CONFIGURE_FUEL)
+                    .map_err(StartError::Fault)?;
                 break;
             }
         }
@@ -156,7 +194,11 @@ impl FilterModule {
             .map_err(StartError::Fault)?;
         let vm_config_size = vm.store.data().vm_configuration.len() as i32;
         if let Some(0) = vm
-            .call("proxy_on_vm_start", &[ROOT as i32, vm_config_size], CONFIGURE_FUEL)
+            .call(
+                "proxy_on_vm_start",
+                &[ROOT as i32, vm_config_size],
+                CONFIGURE_FUEL,
+            )
             .map_err(StartError::Fault)?
         {
             return Err(StartError::Fault(GuestFault {
@@ -177,6 +219,50 @@ impl FilterModule {
             });
         }
         Ok(vm)
+    }
+}
+
+/// FNV-1a 64 of the module's bytes: the cache key.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A module compiled earlier by this same engine configuration, if cached.
+fn cached(engine: &Engine, path: &Path) -> Option<Module> {
+    if !path.is_file() {
+        return None;
+    }
+    // SAFETY: the file is one this host wrote from `Module::serialize` for
+    // the same module bytes (the name carries their hash); wasmtime itself
+    // refuses files from another version or configuration, and those are
+    // then recompiled.
+    unsafe { Module::deserialize_file(engine, path) }.ok()
+}
+
+/// Best effort: a read-only directory only costs the next run a compilation.
+fn store_cached(module: &Module, path: &Path) {
+    let Ok(serialized) = module.serialize() else {
+        return;
+    };
+    let Some(dir) = path.parent() else { return };
+    if std::fs::create_dir_all(dir).is_err() {
+        return;
+    }
+    // Compilations of earlier builds are of no further use.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.path().extension().is_some_and(|e| e == "cwasm") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    // Write then rename, so a concurrent run never reads half a file.
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&temporary, serialized).is_ok() && std::fs::rename(&temporary, path).is_err()
+    {
+        let _ = std::fs::remove_file(&temporary);
     }
 }
 
@@ -216,7 +302,8 @@ impl Vm {
             return Ok(None);
         };
         let ty = func.ty(&self.store);
-        let params_ok = ty.params().len() == args.len() && ty.params().all(|p| matches!(p, ValType::I32));
+        let params_ok =
+            ty.params().len() == args.len() && ty.params().all(|p| matches!(p, ValType::I32));
         let results: Vec<ValType> = ty.results().collect();
         let results_ok = results.len() <= 1 && results.iter().all(|r| matches!(r, ValType::I32));
         if !params_ok || !results_ok {
@@ -266,7 +353,11 @@ impl Vm {
         self.store.data_mut().exchange = exchange;
         let ctx = id as i32;
 
-        self.call("proxy_on_context_create", &[ctx, ROOT as i32], CALLBACK_FUEL)?;
+        self.call(
+            "proxy_on_context_create",
+            &[ctx, ROOT as i32],
+            CALLBACK_FUEL,
+        )?;
         let action = self.call(
             "proxy_on_request_headers",
             &[ctx, headers, i32::from(!has_body)],
@@ -277,7 +368,8 @@ impl Vm {
         let local = self.store.data().exchange.local_response.clone();
         if let Some(reply) = &local {
             // Envoy runs the encoder filters over a local reply too.
-            let mut response: HeaderMap = vec![(":status".into(), reply.status.to_string().into_bytes())];
+            let mut response: HeaderMap =
+                vec![(":status".into(), reply.status.to_string().into_bytes())];
             response.extend(reply.headers.iter().cloned());
             self.respond(ctx, response, reply.body.clone())?;
         } else if action == Some(1) && !self.store.data().exchange.resumed {
@@ -316,7 +408,11 @@ impl Vm {
         let state = self.store.data_mut();
         state.exchange.response_headers = headers;
         state.exchange.response_body = body;
-        self.call("proxy_on_response_headers", &[ctx, count, i32::from(len == 0)], CALLBACK_FUEL)?;
+        self.call(
+            "proxy_on_response_headers",
+            &[ctx, count, i32::from(len == 0)],
+            CALLBACK_FUEL,
+        )?;
         if len > 0 {
             self.call("proxy_on_response_body", &[ctx, len, 1], CALLBACK_FUEL)?;
         }
@@ -344,7 +440,8 @@ impl Vm {
 
     /// Fires the root context's timer once (`proxy_on_tick`).
     pub fn tick(&mut self) -> Result<(), GuestFault> {
-        self.call("proxy_on_tick", &[ROOT as i32], CALLBACK_FUEL).map(|_| ())
+        self.call("proxy_on_tick", &[ROOT as i32], CALLBACK_FUEL)
+            .map(|_| ())
     }
 
     /// Test access to the host state.
@@ -352,4 +449,3 @@ impl Vm {
         self.store.data_mut()
     }
 }
-

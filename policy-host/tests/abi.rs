@@ -89,7 +89,10 @@ fn configuration_bytes_reach_the_guest_through_its_allocator() {
                (i32.eq (i32.load8_u (i32.load (i32.const 16))) (i32.const 112))))"#,
     );
     assert!(m.start(b"policy text").is_ok());
-    assert!(m.start(b"other text").is_err(), "the guest really compared the bytes");
+    assert!(
+        m.start(b"other text").is_err(),
+        "the guest really compared the bytes"
+    );
 }
 
 #[test]
@@ -150,7 +153,9 @@ fn a_runaway_loop_is_stopped_and_the_host_goes_on() {
              (i32.const 0))"#,
     );
     let mut vm = m.start(b"").expect("starts");
-    let fault = vm.request(&RequestSpec::default()).expect_err("the loop must be stopped");
+    let fault = vm
+        .request(&RequestSpec::default())
+        .expect_err("the loop must be stopped");
     assert_eq!(fault.callback, "proxy_on_request_headers");
     assert!(fault.message.contains("fuel"), "{}", fault.message);
     // The module is still usable: a fresh VM starts and serves.
@@ -183,7 +188,13 @@ fn a_callback_with_the_wrong_signature_is_a_clear_error() {
     match start_error(&m) {
         StartError::Fault(fault) => {
             assert_eq!(fault.callback, "proxy_on_configure");
-            assert!(fault.message.contains("the proxy-wasm ABI wants (i32, i32) -> i32"), "{}", fault.message);
+            assert!(
+                fault
+                    .message
+                    .contains("the proxy-wasm ABI wants (i32, i32) -> i32"),
+                "{}",
+                fault.message
+            );
         }
         other => panic!("expected a fault, got {other}"),
     }
@@ -210,7 +221,10 @@ fn missing_exports_and_imports_are_load_errors_naming_them() {
              (func (export "proxy_on_context_create") (param i32 i32)))"#,
     )
     .unwrap();
-    let e = FilterModule::from_bytes(&no_version).err().expect("must fail").to_string();
+    let e = FilterModule::from_bytes(&no_version)
+        .err()
+        .expect("must fail")
+        .to_string();
     assert!(e.contains("proxy_abi_version_0_2_1"), "{e}");
 
     let no_allocator = wat::parse_str(
@@ -219,20 +233,34 @@ fn missing_exports_and_imports_are_load_errors_naming_them() {
              (func (export "proxy_on_context_create") (param i32 i32)))"#,
     )
     .unwrap();
-    let e = FilterModule::from_bytes(&no_allocator).err().expect("must fail").to_string();
-    assert!(e.contains("does not export proxy_on_memory_allocate"), "{e}");
+    let e = FilterModule::from_bytes(&no_allocator)
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(
+        e.contains("does not export proxy_on_memory_allocate"),
+        "{e}"
+    );
 
     let unknown_import = guest(
         r#"(import "env" "proxy_teleport" (func (param i32) (result i32)))
            (import "env" "proxy_log" (func (param i32 i32 i32) (result i32)))"#,
         "",
     );
-    let e = FilterModule::from_bytes(&unknown_import).err().expect("must fail").to_string();
+    let e = FilterModule::from_bytes(&unknown_import)
+        .err()
+        .expect("must fail")
+        .to_string();
     assert!(e.contains("env.proxy_teleport"), "{e}");
     assert!(!e.contains("env.proxy_log"), "{e}");
 
-    let e = FilterModule::from_bytes(b"not wasm at all").err().expect("must fail");
-    assert!(format!("{e:#}").contains("not a valid WebAssembly module"), "{e:#}");
+    let e = FilterModule::from_bytes(b"not wasm at all")
+        .err()
+        .expect("must fail");
+    assert!(
+        format!("{e:#}").contains("not a valid WebAssembly module"),
+        "{e:#}"
+    );
 }
 
 #[test]
@@ -266,7 +294,11 @@ fn header_map_calls_follow_envoy() {
         .filter(|(k, _)| k == "x-added")
         .map(|(_, v)| v.clone())
         .collect();
-    assert_eq!(added, vec![b"w".to_vec()], "names are lower-cased; replace leaves one value");
+    assert_eq!(
+        added,
+        vec![b"w".to_vec()],
+        "names are lower-cased; replace leaves one value"
+    );
 }
 
 #[test]

@@ -7,11 +7,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn policy_host(args: &[&str]) -> (i32, String, String) {
-    let Output { status, stdout, stderr } = Command::new(env!("CARGO_BIN_EXE_policy-host"))
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(env!("CARGO_BIN_EXE_policy-host"))
         .current_dir(repo())
         .args(args)
         .output()
@@ -27,7 +34,10 @@ fn policy_host(args: &[&str]) -> (i32, String, String) {
 fn shipped_policies_pass_with_full_coverage() {
     let (code, out, err) = policy_host(&["test", "policies", "--coverage", "--threshold", "100"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("  ok    EU users never leave the EU, even for the default"), "{out}");
+    assert!(
+        out.contains("  ok    EU users never leave the EU, even for the default"),
+        "{out}"
+    );
     let summary = out.lines().last().unwrap();
     assert!(summary.ends_with(" passed, 0 failed"), "{summary}");
     assert_eq!(out.matches("coverage 4/4 rules (100%)").count(), 2, "{out}");
@@ -37,7 +47,11 @@ fn shipped_policies_pass_with_full_coverage() {
 fn temp_test_file(dir: &tempfile::TempDir, cases: &str) -> PathBuf {
     let policy = repo().join("policies/eu-residency-cost.yaml");
     let path = dir.path().join("wrong.test.yaml");
-    std::fs::write(&path, format!("policy: {}\ncases:\n{cases}", policy.display())).unwrap();
+    std::fs::write(
+        &path,
+        format!("policy: {}\ncases:\n{cases}", policy.display()),
+    )
+    .unwrap();
     path
 }
 
@@ -51,9 +65,18 @@ fn a_wrong_expectation_fails_with_a_readable_diff() {
     let (code, out, _) = policy_host(&["test", file.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("  FAIL  EU users go to AWS (wrong)"), "{out}");
-    assert!(out.contains("expected  route to aws-us-east-1 by rule default"), "{out}");
-    assert!(out.contains("got       route to gcp-europe-west4 by rule first-candidate"), "{out}");
-    assert!(out.contains("eu-residency          require   constraint applied, excluded aws-us-east-1"), "{out}");
+    assert!(
+        out.contains("expected  route to aws-us-east-1 by rule default"),
+        "{out}"
+    );
+    assert!(
+        out.contains("got       route to gcp-europe-west4 by rule first-candidate"),
+        "{out}"
+    );
+    assert!(
+        out.contains("eu-residency          require   constraint applied, excluded aws-us-east-1"),
+        "{out}"
+    );
     assert!(out.contains("  ok    right"), "{out}");
     assert_eq!(out.lines().last(), Some("1 passed, 1 failed"));
 
@@ -61,12 +84,18 @@ fn a_wrong_expectation_fails_with_a_readable_diff() {
     assert_eq!(code, 1);
     let json: serde_json::Value = serde_json::from_str(&out).expect("json output");
     assert_eq!(json["failed"], 1);
-    assert_eq!(json["files"][0]["cases"][0]["decision"]["cluster"], "gcp-europe-west4");
+    assert_eq!(
+        json["files"][0]["cases"][0]["decision"]["cluster"],
+        "gcp-europe-west4"
+    );
 
     let (code, out, _) = policy_host(&["test", file.to_str().unwrap(), "--format", "junit"]);
     assert_eq!(code, 1);
     assert!(out.starts_with("<?xml"), "{out}");
-    assert!(out.contains("<testsuites name=\"policy-host\" tests=\"2\" failures=\"1\">"), "{out}");
+    assert!(
+        out.contains("<testsuites name=\"policy-host\" tests=\"2\" failures=\"1\">"),
+        "{out}"
+    );
     assert!(out.contains("<failure message=\"expected route to aws-us-east-1 by rule default; got route to gcp-europe-west4 by rule first-candidate\">"), "{out}");
 }
 
@@ -77,8 +106,14 @@ fn coverage_below_the_threshold_fails() {
     let (code, out, err) = policy_host(&["test", file.to_str().unwrap(), "--threshold", "100"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("coverage 1/4 rules (25%)"), "{out}");
-    assert!(out.contains("never took effect: eu-residency, block-unknown-tenant, reasoning"), "{out}");
-    assert!(err.contains("rule coverage 25% is below the threshold 100%"), "{err}");
+    assert!(
+        out.contains("never took effect: eu-residency, block-unknown-tenant, reasoning"),
+        "{out}"
+    );
+    assert!(
+        err.contains("rule coverage 25% is below the threshold 100%"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -89,7 +124,11 @@ fn invalid_test_files_and_policies_are_reported() {
     let (code, out, _) = policy_host(&["test", file.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(out.contains("reading policy"), "{out}");
-    std::fs::write(&file, "policy: x.yaml\ncases:\n  - name: a\n    expect: {clusterr: b}\n").unwrap();
+    std::fs::write(
+        &file,
+        "policy: x.yaml\ncases:\n  - name: a\n    expect: {clusterr: b}\n",
+    )
+    .unwrap();
     let (code, out, _) = policy_host(&["test", file.to_str().unwrap()]);
     assert_eq!(code, 1);
     assert!(out.contains("unknown field `clusterr`"), "{out}");
@@ -119,7 +158,12 @@ fn eval_explains_rule_by_rule() {
   candidates after constraints: gcp-europe-west4, azure-westeurope, onprem-fra
 ";
     assert_eq!(out, expected);
-    let (code, out, _) = policy_host(&["eval", "policies/eu-residency-cost.yaml", "--format", "json"]);
+    let (code, out, _) = policy_host(&[
+        "eval",
+        "policies/eu-residency-cost.yaml",
+        "--format",
+        "json",
+    ]);
     assert_eq!(code, 0);
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(json["status"], 403);
@@ -135,9 +179,16 @@ fn check_reports_each_error_and_fails() {
         "clusters: {aws-us-east-1: {jurisdiction: us}}\nrules:\n  - {name: eu-residency, require: \"cluster.jursidiction == 'eu'\"}\n  - {name: p, prefer: [aws-us-east1]}\n",
     )
     .unwrap();
-    let (code, out, _) = policy_host(&["check", "policies/eu-residency-cost.yaml", bad.to_str().unwrap()]);
+    let (code, out, _) = policy_host(&[
+        "check",
+        "policies/eu-residency-cost.yaml",
+        bad.to_str().unwrap(),
+    ]);
     assert_eq!(code, 1);
-    assert!(out.contains("policies/eu-residency-cost.yaml: ok (4 clusters, 4 rules;"), "{out}");
+    assert!(
+        out.contains("policies/eu-residency-cost.yaml: ok (4 clusters, 4 rules;"),
+        "{out}"
+    );
     let bad = bad.display().to_string();
     assert!(out.contains(&format!("{bad}: rule 'eu-residency' (rules[0]): require: no cluster in the inventory has the attribute 'cluster.jursidiction' (did you mean 'jurisdiction'?) at line 1, column 9 in `cluster.jursidiction == 'eu'`")), "{out}");
     assert!(out.contains(&format!("{bad}: rule 'p' (rules[1]): prefer: unknown cluster 'aws-us-east1' (did you mean 'aws-us-east-1'?)")), "{out}");
@@ -147,7 +198,12 @@ fn check_reports_each_error_and_fails() {
 
 #[test]
 fn a_missing_wasm_is_a_clear_error() {
-    let (code, _, err) = policy_host(&["--wasm", "/nonexistent/celroute.wasm", "check", "policies/active-passive.yaml"]);
+    let (code, _, err) = policy_host(&[
+        "--wasm",
+        "/nonexistent/celroute.wasm",
+        "check",
+        "policies/active-passive.yaml",
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/celroute.wasm"), "{err}");
 }
@@ -160,10 +216,23 @@ fn garbage_policies_and_requests_never_crash_the_host() {
     std::fs::write(&garbage, [0xff, 0x00, b'{', b'[', 0x80]).unwrap();
     let (code, out, err) = policy_host(&["check", garbage.to_str().unwrap()]);
     assert_eq!(code, 1, "{out}{err}");
-    assert!(out.contains("not UTF-8") || out.contains("policy:"), "{out}");
+    assert!(
+        out.contains("not UTF-8") || out.contains("policy:"),
+        "{out}"
+    );
     let long = "v".repeat(100_000);
     let header = format!("x-tenant={long}");
-    let (code, out, err) = policy_host(&["eval", "policies/eu-residency-cost.yaml", "-H", &header, "-H", "x-user-region=\u{00e9}\u{6771}"]);
+    let (code, out, err) = policy_host(&[
+        "eval",
+        "policies/eu-residency-cost.yaml",
+        "-H",
+        &header,
+        "-H",
+        "x-user-region=\u{00e9}\u{6771}",
+    ]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.starts_with("route to onprem-fra by rule cheapest"), "{out}");
+    assert!(
+        out.starts_with("route to onprem-fra by rule cheapest"),
+        "{out}"
+    );
 }

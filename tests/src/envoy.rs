@@ -58,6 +58,8 @@ pub struct Config {
     pub yaml: Value,
     pub listener_port: u16,
     pub admin_port: u16,
+    /// The listener is on [::1] rather than 127.0.0.1.
+    pub ipv6: bool,
 }
 
 impl Config {
@@ -80,6 +82,7 @@ impl Config {
             yaml,
             listener_port,
             admin_port,
+            ipv6: false,
         })
     }
 
@@ -131,6 +134,23 @@ impl Config {
             &mut self.yaml,
             &wasm_filter_path(&["configuration", "value"]),
         )? = Value::from(policy.to_string());
+        Ok(self)
+    }
+
+    /// Moves the listener to [::1], for IPv6 clients.
+    pub fn listen_on_ipv6(mut self) -> Result<Config> {
+        *at(
+            &mut self.yaml,
+            &[
+                "static_resources",
+                "listeners",
+                "0",
+                "address",
+                "socket_address",
+                "address",
+            ],
+        )? = Value::from("::1");
+        self.ipv6 = true;
         Ok(self)
     }
 
@@ -261,7 +281,11 @@ impl Envoy {
             .context("starting Envoy")?;
         let mut envoy = Envoy {
             child,
-            listener: SocketAddr::from(([127, 0, 0, 1], config.listener_port)),
+            listener: if config.ipv6 {
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, config.listener_port))
+            } else {
+                SocketAddr::from(([127, 0, 0, 1], config.listener_port))
+            },
             admin: SocketAddr::from(([127, 0, 0, 1], config.admin_port)),
             log,
             _dir: dir,

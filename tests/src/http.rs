@@ -70,10 +70,34 @@ impl Connection {
             request.extend_from_slice(value);
             request.extend_from_slice(b"\r\n");
         }
-        request.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+        // Like most clients: a length only when there is a body.
+        if !body.is_empty() {
+            request.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+        }
+        request.extend_from_slice(b"\r\n");
         request.extend_from_slice(body);
         self.reader.get_mut().write_all(&request)?;
         self.read_reply()
+    }
+
+    /// This end of the connection: the proxy's `source.address`.
+    pub fn local_address(&self) -> Result<SocketAddr> {
+        Ok(self.reader.get_ref().local_addr()?)
+    }
+
+    /// Sends a request with an explicit Host header instead of the address.
+    pub fn send_to_host(
+        &mut self,
+        host: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+    ) -> Result<Reply> {
+        let saved = std::mem::replace(&mut self.host, host.to_string());
+        let reply = self.send(method, path, headers, body);
+        self.host = saved;
+        reply
     }
 
     fn read_reply(&mut self) -> Result<Reply> {

@@ -20,3 +20,50 @@ pub const CLOUDS: [&str; 4] = [
     "azure-westeurope",
     "onprem-fra",
 ];
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use anyhow::Result;
+
+/// The simulated clouds of [`CLOUDS`] on free loopback ports, served by a
+/// runtime of their own; they stop when it is dropped.
+pub fn start_clouds() -> Result<(tokio::runtime::Runtime, BTreeMap<String, SocketAddr>)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let specs: Vec<(String, SocketAddr)> = CLOUDS
+        .iter()
+        .map(|name| (name.to_string(), SocketAddr::from(([127, 0, 0, 1], 0))))
+        .collect();
+    let bound = runtime.block_on(clouds::serve(&specs))?;
+    let addresses = bound.into_iter().map(|c| (c.name, c.address)).collect();
+    Ok((runtime, addresses))
+}
+
+/// Simulated clouds plus an Envoy routing to them, from `envoy/envoy.yaml`
+/// as edited by `edit`. Field order matters: Envoy stops before the clouds.
+pub struct Stack {
+    pub envoy: envoy::Envoy,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Stack {
+    pub fn start(edit: impl FnOnce(envoy::Config) -> Result<envoy::Config>) -> Result<Stack> {
+        let (runtime, clouds) = start_clouds()?;
+        let config = edit(envoy::Config::shipped("envoy.yaml", &clouds)?)?;
+        let envoy = envoy::Envoy::start(&config)?;
+        Ok(Stack {
+            envoy,
+            _runtime: runtime,
+        })
+    }
+}
+
+/// A file under `policies/`.
+pub fn read_policy(file: &str) -> Result<String> {
+    let path = repo_root().join("policies").join(file);
+    Ok(std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?)
+}

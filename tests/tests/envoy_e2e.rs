@@ -5,35 +5,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
-use celroute_tests::envoy::{self, Config, Envoy};
+use celroute_tests::envoy::{self, Config};
 use celroute_tests::http::{chat, request, Connection, Reply};
-use celroute_tests::{clouds, repo_root, CLOUDS};
-
-/// Simulated clouds plus an Envoy routing to them. Field order matters:
-/// Envoy stops before the clouds do.
-struct Stack {
-    envoy: Envoy,
-    _runtime: tokio::runtime::Runtime,
-}
-
-fn start_clouds() -> (tokio::runtime::Runtime, BTreeMap<String, SocketAddr>) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let specs: Vec<(String, SocketAddr)> = CLOUDS
-        .iter()
-        .map(|name| (name.to_string(), SocketAddr::from(([127, 0, 0, 1], 0))))
-        .collect();
-    let bound = runtime
-        .block_on(clouds::serve(&specs))
-        .expect("clouds listen");
-    let addresses = bound.into_iter().map(|c| (c.name, c.address)).collect();
-    (runtime, addresses)
-}
+use celroute_tests::{repo_root, Stack};
 
 fn stack(policy_file: Option<&str>) -> Stack {
     stack_with(|config| match policy_file {
@@ -43,18 +18,11 @@ fn stack(policy_file: Option<&str>) -> Stack {
 }
 
 fn stack_with(edit: impl FnOnce(Config) -> anyhow::Result<Config>) -> Stack {
-    let (runtime, clouds) = start_clouds();
-    let config = Config::shipped("envoy.yaml", &clouds).expect("shipped config");
-    let config = edit(config).expect("config edit");
-    let envoy = Envoy::start(&config).expect("envoy starts");
-    Stack {
-        envoy,
-        _runtime: runtime,
-    }
+    Stack::start(edit).expect("clouds and Envoy start")
 }
 
 fn read_policy(file: &str) -> String {
-    std::fs::read_to_string(repo_root().join("policies").join(file)).expect("policy file")
+    celroute_tests::read_policy(file).expect("policy file")
 }
 
 fn served_by(reply: &Reply) -> &str {

@@ -531,7 +531,10 @@ fn rejects_malformed_rules_and_options() {
     let e = errors_of("clusters: {a: {name: x}}\n");
     assert!(e.contains("clusters.a.name"), "{e}");
     let e = errors_of("{\"clusters\": }");
-    assert!(e.starts_with("policy: invalid JSON at line 1, column"), "{e}");
+    assert!(
+        e.starts_with("policy: invalid JSON at line 1, column"),
+        "{e}"
+    );
 }
 
 #[test]

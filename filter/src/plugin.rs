@@ -25,7 +25,7 @@ struct Metrics {
     evaluation_errors: Option<u32>,
     configurations_accepted: Option<u32>,
     configurations_rejected: Option<u32>,
-    policy_generation: Option<u32>,
+    policy_version: Option<u32>,
     programs_compiled: Option<u32>,
     attribute_fetches: Option<u32>,
     /// Per-cluster and per-rule decision counters, by name.
@@ -40,11 +40,8 @@ impl Metrics {
             evaluation_errors: counter("celroute.evaluation_errors"),
             configurations_accepted: counter("celroute.configurations_accepted"),
             configurations_rejected: counter("celroute.configurations_rejected"),
-            policy_generation: hostcalls::define_metric(
-                MetricType::Gauge,
-                "celroute.policy_generation",
-            )
-            .ok(),
+            policy_version: hostcalls::define_metric(MetricType::Gauge, "celroute.policy_version")
+                .ok(),
             programs_compiled: counter("celroute.programs_compiled"),
             attribute_fetches: counter("celroute.attribute_fetches"),
             named: HashMap::new(),
@@ -74,7 +71,6 @@ impl Metrics {
 
 struct Loaded {
     policy: Policy,
-    generation: u64,
     /// The host takes decision reports (policy-host does; Envoy does not).
     reporting: bool,
 }
@@ -93,7 +89,6 @@ fn report(kind: &str, payload: serde_json::Value) -> bool {
 #[derive(Default)]
 struct Root {
     loaded: Option<Rc<Loaded>>,
-    generation: u64,
     metrics: Option<Rc<std::cell::RefCell<Metrics>>>,
 }
 
@@ -145,20 +140,18 @@ impl RootContext for Root {
         };
         match result {
             Ok(policy) => {
-                self.generation += 1;
                 let m = metrics.borrow();
                 Metrics::add(m.configurations_accepted, 1);
-                Metrics::set(m.policy_generation, self.generation);
+                Metrics::set(m.policy_version, policy.version_number());
                 Metrics::add(m.programs_compiled, policy.programs_compiled() as u64);
                 drop(m);
                 log(
                     policy.log_level(),
                     LogLevel::Info,
                     &format!(
-                        "loaded policy {}version {} (generation {}): {} clusters, {} rules, {} CEL programs; reads {}",
+                        "loaded policy {}version {}: {} clusters, {} rules, {} CEL programs; reads {}",
                         policy.name().map(|n| format!("'{n}' ")).unwrap_or_default(),
                         policy.version(),
-                        self.generation,
                         policy.cluster_names().count(),
                         policy.rule_names().count(),
                         policy.programs_compiled(),
@@ -169,11 +162,7 @@ impl RootContext for Root {
                     "policy",
                     serde_json::to_value(policy.description()).unwrap_or_default(),
                 );
-                self.loaded = Some(Rc::new(Loaded {
-                    policy,
-                    generation: self.generation,
-                    reporting,
-                }));
+                self.loaded = Some(Rc::new(Loaded { policy, reporting }));
                 true
             }
             Err(errors) => {
@@ -185,13 +174,9 @@ impl RootContext for Root {
                 log(
                     threshold.min(LogLevel::Error),
                     LogLevel::Error,
+                    // Envoy keeps the configuration it had, if it had one.
                     &format!(
-                        "policy rejected, {}: {errors}",
-                        if self.loaded.is_some() {
-                            "the previous policy stays in force"
-                        } else {
-                            "no policy is in force"
-                        }
+                        "policy rejected, the previous configuration stays in force: {errors}"
                     ),
                 );
                 false
@@ -350,16 +335,15 @@ impl HttpContext for Request {
     }
 }
 
-/// `cluster=gcp-europe-west4; rule=reasoning; policy=<version>; generation=3`
+/// `cluster=gcp-europe-west4; rule=reasoning; policy=<version>`
 fn decision_header_value(decision: &Decision, loaded: &Loaded) -> String {
     let outcome = match &decision.outcome {
         Outcome::Route { cluster } => format!("cluster={cluster}"),
         Outcome::Deny { status, .. } => format!("deny={status}"),
     };
     format!(
-        "{outcome}; rule={}; policy={}; generation={}",
+        "{outcome}; rule={}; policy={}",
         decision.rule,
-        loaded.policy.version(),
-        loaded.generation
+        loaded.policy.version()
     )
 }

@@ -7,9 +7,11 @@
 //! - [`request`]: simulated requests with Envoy's headers and property encodings.
 //! - [`policy`]: one policy in the filter; decisions as the filter reports them.
 //! - [`testing`] and [`report`]: test files, coverage and output formats.
+//! - [`publish`]: validated, atomic publication of a policy to Envoy's ECDS.
 
 pub mod abi;
 pub mod policy;
+pub mod publish;
 pub mod report;
 pub mod request;
 pub mod testing;

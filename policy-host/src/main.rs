@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use policy_host::policy::LoadedPolicy;
+use policy_host::publish::{publish, test_file_for, PublishOptions};
 use policy_host::request::{Headers, RequestSpec};
 use policy_host::testing::{describe_decision, discover, run_file};
 use policy_host::vm::FilterModule;
@@ -61,6 +62,27 @@ enum Command {
     },
     /// Load each policy into the filter and report its errors.
     Check { policies: Vec<PathBuf> },
+    /// Validate and test a policy, then write it as an ECDS resource into the
+    /// directory a running Envoy watches (atomically: temporary file, rename).
+    Publish {
+        policy: PathBuf,
+        /// The directory Envoy watches (the `watched_directory` of its config).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// The ECDS resource name; the file written is NAME.yaml.
+        #[arg(long, default_value = "celroute")]
+        name: String,
+        /// The celroute.wasm path to put in the resource, as Envoy opens it
+        /// (default: the absolute path of the filter that validated the policy).
+        #[arg(long, value_name = "PATH")]
+        code: Option<PathBuf>,
+        /// Publish even without running the policy's test file.
+        #[arg(long)]
+        no_tests: bool,
+        /// Keep running and republish whenever the policy or its tests change.
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -88,8 +110,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn load_module(wasm: Option<PathBuf>) -> Result<FilterModule> {
-    let path = match wasm {
+fn wasm_path(wasm: Option<PathBuf>) -> Result<PathBuf> {
+    Ok(match wasm {
         Some(path) => path,
         None => {
             let candidates = default_wasm_candidates();
@@ -100,13 +122,13 @@ fn load_module(wasm: Option<PathBuf>) -> Result<FilterModule> {
                 ),
             }
         }
-    };
-    FilterModule::load(&path)
+    })
 }
 
 /// Runs a command; `Ok(false)` means it ran and found failures.
 fn run(cli: Cli) -> Result<bool> {
-    let module = load_module(cli.wasm)?;
+    let wasm = wasm_path(cli.wasm)?;
+    let module = FilterModule::load(&wasm)?;
     match cli.command {
         Command::Test {
             paths,
@@ -228,6 +250,68 @@ fn run(cli: Cli) -> Result<bool> {
                 }
             }
             Ok(ok)
+        }
+        Command::Publish {
+            policy,
+            to,
+            name,
+            code,
+            no_tests,
+            watch,
+        } => {
+            let code = match code {
+                Some(code) => code,
+                None => std::fs::canonicalize(&wasm)
+                    .with_context(|| format!("resolving {}", wasm.display()))?,
+            };
+            let options = PublishOptions {
+                to,
+                name,
+                code,
+                run_tests: !no_tests,
+            };
+            let once = |options: &PublishOptions| match publish(&module, &policy, options) {
+                Ok(published) => {
+                    println!(
+                        "published {} version {} to {}{}",
+                        policy.display(),
+                        published.version,
+                        published.file.display(),
+                        match published.tests_passed {
+                            Some(n) => format!(" ({n} tests passed)"),
+                            None => String::new(),
+                        }
+                    );
+                    true
+                }
+                Err(refused) => {
+                    println!("{}: {refused}", policy.display());
+                    false
+                }
+            };
+            if !watch {
+                return Ok(once(&options));
+            }
+            // Poll the policy and its tests; republish on every change.
+            let fingerprint = || {
+                let tests = test_file_for(&policy);
+                let mut bytes = std::fs::read(&policy).unwrap_or_default();
+                if let Some(tests) = tests {
+                    bytes.extend(std::fs::read(tests).unwrap_or_default());
+                }
+                bytes
+            };
+            let mut last = fingerprint();
+            once(&options);
+            println!("watching {} (Ctrl-C to stop)", policy.display());
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let now = fingerprint();
+                if now != last {
+                    last = now;
+                    once(&options);
+                }
+            }
         }
     }
 }

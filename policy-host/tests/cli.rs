@@ -236,3 +236,80 @@ fn garbage_policies_and_requests_never_crash_the_host() {
         "{out}"
     );
 }
+
+#[test]
+fn publish_writes_the_ecds_resource_only_for_a_valid_tested_policy() {
+    let live = tempfile::tempdir().unwrap();
+    let to = live.path().to_str().unwrap();
+    let (code, out, err) = policy_host(&["publish", "policies/eu-residency-cost.yaml", "--to", to]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("(9 tests passed)"), "{out}");
+    let written = std::fs::read_to_string(live.path().join("celroute.yaml")).unwrap();
+    let policy = std::fs::read_to_string(repo().join("policies/eu-residency-cost.yaml")).unwrap();
+    let version = celroute::engine::content_version(&policy);
+    assert!(out.contains(&format!("version {version}")), "{out}");
+    let resource: serde_json::Value = serde_yaml::from_str(&written).unwrap();
+    assert_eq!(resource["version_info"], version.as_str());
+    assert_eq!(
+        resource["resources"][0]["typed_config"]["config"]["configuration"]["value"],
+        policy.as_str()
+    );
+    assert_eq!(
+        std::fs::read_dir(live.path()).unwrap().count(),
+        1,
+        "no temporary file is left behind"
+    );
+}
+
+#[test]
+fn publish_refuses_an_invalid_policy_and_a_failing_one_and_writes_nothing() {
+    let live = tempfile::tempdir().unwrap();
+    let to = live.path().to_str().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let bad = work.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "clusters: {a: {}}\nrules:\n  - {name: r, prefer: [b]}\n",
+    )
+    .unwrap();
+    let (code, out, _) = policy_host(&["publish", bad.to_str().unwrap(), "--to", to]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("the policy is invalid; nothing was published"),
+        "{out}"
+    );
+    assert!(
+        out.contains("rule 'r' (rules[0]): prefer: unknown cluster 'b'"),
+        "{out}"
+    );
+
+    let good = work.path().join("p.yaml");
+    std::fs::write(
+        &good,
+        "clusters: {a: {}, b: {}}\nrules:\n  - {name: r, prefer: [b]}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        work.path().join("p.test.yaml"),
+        "policy: p.yaml\ncases:\n  - name: goes to a (wrong)\n    expect: {cluster: a}\n",
+    )
+    .unwrap();
+    let (code, out, _) = policy_host(&["publish", good.to_str().unwrap(), "--to", to]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("the policy's tests failed; nothing was published"),
+        "{out}"
+    );
+    assert!(out.contains("FAIL  goes to a (wrong)"), "{out}");
+    assert_eq!(
+        std::fs::read_dir(live.path()).unwrap().count(),
+        0,
+        "nothing was written"
+    );
+
+    // Without its tests, the same (valid) policy is published.
+    let (code, out, _) =
+        policy_host(&["publish", good.to_str().unwrap(), "--to", to, "--no-tests"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(live.path().join("celroute.yaml").is_file());
+}

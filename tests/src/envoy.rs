@@ -112,10 +112,13 @@ impl Config {
         *at(&mut config.yaml, ADMIN_PORT)? = Value::from(config.admin_port);
         *at(&mut config.yaml, LISTENER_PORT)? = Value::from(config.listener_port);
         let wasm = wasm()?;
-        *at(
+        // A static config names the wasm; an ECDS one gets it from the resource.
+        if let Ok(filename) = at(
             &mut config.yaml,
             &wasm_filter_path(&["vm_config", "code", "local", "filename"]),
-        )? = Value::from(wasm.display().to_string());
+        ) {
+            *filename = Value::from(wasm.display().to_string());
+        }
         if let Value::Sequence(clusters) = at(&mut config.yaml, &["static_resources", "clusters"])?
         {
             for cluster in clusters {
@@ -134,6 +137,33 @@ impl Config {
             &mut self.yaml,
             &wasm_filter_path(&["configuration", "value"]),
         )? = Value::from(policy.to_string());
+        Ok(self)
+    }
+
+    /// Points an ECDS config's celroute filter at `dir`: Envoy loads
+    /// `dir/celroute.yaml` and reloads it when a new one is renamed into `dir`.
+    pub fn with_ecds_dir(mut self, dir: &Path) -> Result<Config> {
+        let source = [
+            "static_resources",
+            "listeners",
+            "0",
+            "filter_chains",
+            "0",
+            "filters",
+            "0",
+            "typed_config",
+            "http_filters",
+            "@celroute",
+            "config_discovery",
+            "config_source",
+            "path_config_source",
+        ];
+        let mut path = source.to_vec();
+        path.push("path");
+        *at(&mut self.yaml, &path)? = Value::from(dir.join("celroute.yaml").display().to_string());
+        let mut watched = source.to_vec();
+        watched.extend(["watched_directory", "path"]);
+        *at(&mut self.yaml, &watched)? = Value::from(dir.display().to_string());
         Ok(self)
     }
 
@@ -271,6 +301,8 @@ impl Envoy {
                 "info",
                 "--component-log-level",
                 "wasm:debug",
+                "--file-flush-interval-msec",
+                "20",
                 "--log-path",
             ])
             .arg(&log)

@@ -51,8 +51,16 @@ pub struct Stack {
 
 impl Stack {
     pub fn start(edit: impl FnOnce(envoy::Config) -> Result<envoy::Config>) -> Result<Stack> {
+        Stack::start_from("envoy.yaml", edit)
+    }
+
+    /// Like [`Stack::start`], from another config under `envoy/`.
+    pub fn start_from(
+        config: &str,
+        edit: impl FnOnce(envoy::Config) -> Result<envoy::Config>,
+    ) -> Result<Stack> {
         let (runtime, clouds) = start_clouds()?;
-        let config = edit(envoy::Config::shipped("envoy.yaml", &clouds)?)?;
+        let config = edit(envoy::Config::shipped(config, &clouds)?)?;
         let envoy = envoy::Envoy::start(&config)?;
         Ok(Stack {
             envoy,

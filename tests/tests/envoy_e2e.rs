@@ -213,9 +213,15 @@ fn compiles_nothing_per_request_and_fetches_only_referenced_attributes() {
             .unwrap_or(0)
             >= n
     );
+    let version = celroute::engine::content_version(&read_policy("eu-residency-cost.yaml"));
+    let gauge = stats
+        .get("wasmcustom.celroute.policy_version")
+        .copied()
+        .unwrap_or(0);
     assert_eq!(
-        stats.get("wasmcustom.celroute.policy_generation").copied(),
-        Some(1)
+        format!("{gauge:012x}"),
+        version,
+        "the gauge names the live policy"
     );
 }
 

@@ -300,6 +300,10 @@ impl Policy {
     pub fn version(&self) -> &str {
         &self.version
     }
+    /// The content version as a number (for a stats gauge).
+    pub fn version_number(&self) -> u64 {
+        u64::from_str_radix(&self.version, 16).unwrap_or(0)
+    }
     /// Request header that carries the chosen cluster.
     pub fn routing_header(&self) -> &str {
         &self.routing_header
@@ -372,14 +376,16 @@ pub struct RuleDescription {
     pub kind: String,
 }
 
-/// A short, stable identifier of a policy's text (FNV-1a 64).
+/// A short, stable identifier of a policy's text: FNV-1a 64 folded to 48
+/// bits, as 12 hex digits. It fits a stats gauge exactly, so the
+/// `celroute.policy_version` gauge and the decision header agree.
 pub fn content_version(text: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in text.as_bytes() {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("{hash:016x}")
+    format!("{:012x}", (hash ^ (hash >> 48)) & 0xffff_ffff_ffff)
 }
 
 /// The CEL environment policies are compiled and run in: the standard

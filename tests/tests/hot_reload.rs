@@ -1,0 +1,240 @@
+//! Hot reload through ECDS: real Envoy with `envoy/envoy-ecds.yaml`, policies
+//! published by policy-host into the watched directory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use celroute_tests::envoy::{wasm, Envoy};
+use celroute_tests::http::Connection;
+use celroute_tests::Stack;
+use policy_host::publish::{ecds_resource, publish, write_atomically, PublishOptions};
+use policy_host::vm::FilterModule;
+
+/// The ECDS stats of the celroute filter (Envoy names them by the HCM's stat prefix).
+const RELOADS: &str = "extension_config_discovery.http_filter.celroute.config_reload";
+const FAILURES: &str = "extension_config_discovery.http_filter.celroute.config_fail";
+
+fn policy_to(cluster: &str) -> String {
+    format!(
+        "name: to-{cluster}\nclusters:\n  aws-us-east-1: {{}}\n  azure-westeurope: {{}}\nrules:\n  - {{name: to-{cluster}, prefer: [{cluster}]}}\noptions:\n  decision_header: x-celroute-decision\n"
+    )
+}
+
+struct Live {
+    module: FilterModule,
+    dir: tempfile::TempDir,
+    policies: tempfile::TempDir,
+    stack: Stack,
+}
+
+impl Live {
+    /// Publishes `first`, then starts Envoy on the ECDS config watching the directory.
+    fn start(first: &str) -> Live {
+        let module = FilterModule::load(&wasm().unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let policies = tempfile::tempdir().unwrap();
+        let path = write_policy(policies.path(), "first.yaml", first);
+        publish(&module, &path, &options(dir.path())).expect("first publish");
+        let stack = Stack::start_from("envoy-ecds.yaml", |c| c.with_ecds_dir(dir.path()))
+            .expect("Envoy with ECDS");
+        Live {
+            module,
+            dir,
+            policies,
+            stack,
+        }
+    }
+
+    fn envoy(&self) -> &Envoy {
+        &self.stack.envoy
+    }
+
+    fn publish(&self, name: &str, policy: &str) {
+        let path = write_policy(self.policies.path(), name, policy);
+        publish(&self.module, &path, &options(self.dir.path())).expect("publish");
+    }
+
+    /// Waits until Envoy has counted one more ECDS event in `stat` than `before`.
+    fn wait_for(&self, stat: &str, before: u64) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if self.envoy().stat(stat).unwrap() > before {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        panic!(
+            "{stat} did not move past {before}:\n{}",
+            self.envoy().log_text()
+        );
+    }
+}
+
+fn write_policy(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn options(to: &Path) -> PublishOptions {
+    PublishOptions {
+        to: to.to_path_buf(),
+        name: "celroute".into(),
+        code: wasm().unwrap(),
+        run_tests: true,
+    }
+}
+
+fn cloud_of(connection: &mut Connection) -> String {
+    let reply = connection.send("GET", "/", &[], b"").expect("request");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.cloud().expect("a cloud answered").to_string()
+}
+
+#[test]
+fn a_published_policy_decides_the_next_request_on_open_and_new_connections() {
+    let live = Live::start(&policy_to("aws-us-east-1"));
+    let mut kept = Connection::open(live.envoy().listener).unwrap();
+    assert_eq!(cloud_of(&mut kept), "aws-us-east-1");
+
+    let before = live.envoy().stat(RELOADS).unwrap();
+    live.publish("second.yaml", &policy_to("azure-westeurope"));
+    live.wait_for(RELOADS, before);
+    assert_eq!(
+        cloud_of(&mut kept),
+        "azure-westeurope",
+        "same keep-alive connection"
+    );
+    let mut fresh = Connection::open(live.envoy().listener).unwrap();
+    assert_eq!(cloud_of(&mut fresh), "azure-westeurope", "new connection");
+
+    // The filter says which policy is live.
+    let reply = fresh.send("GET", "/", &[], b"").unwrap();
+    let version = celroute::engine::content_version(&policy_to("azure-westeurope"));
+    let decision = reply.header("x-celroute-decision").unwrap();
+    assert!(
+        decision.contains(&format!("policy={version}")),
+        "{decision}"
+    );
+    let gauge = live
+        .envoy()
+        .stat("wasmcustom.celroute.policy_version")
+        .unwrap();
+    assert_eq!(format!("{gauge:012x}"), version);
+    assert!(
+        live.envoy()
+            .stat("wasmcustom.celroute.configurations_accepted")
+            .unwrap()
+            >= 2
+    );
+    assert!(live.envoy().log_text().contains(&format!(
+        "loaded policy 'to-azure-westeurope' version {version}"
+    )));
+}
+
+#[test]
+fn a_bad_policy_pushed_around_the_validator_is_rejected_and_the_old_one_keeps_deciding() {
+    let live = Live::start(&policy_to("aws-us-east-1"));
+    let mut kept = Connection::open(live.envoy().listener).unwrap();
+    assert_eq!(cloud_of(&mut kept), "aws-us-east-1");
+
+    let before = live.envoy().stat(FAILURES).unwrap();
+    let bad =
+        policy_to("azure-westeurope").replace("prefer: [azure-westeurope]", "prefer: [azure-west]");
+    let resource = ecds_resource("celroute", &wasm().unwrap(), &bad, "bad");
+    write_atomically(&live.dir.path().join("celroute.yaml"), resource.as_bytes()).unwrap();
+    live.wait_for(FAILURES, before);
+
+    assert_eq!(cloud_of(&mut kept), "aws-us-east-1");
+    let mut fresh = Connection::open(live.envoy().listener).unwrap();
+    assert_eq!(cloud_of(&mut fresh), "aws-us-east-1");
+    assert!(
+        live.envoy()
+            .stat("wasmcustom.celroute.configurations_rejected")
+            .unwrap()
+            >= 1
+    );
+    let log = live.envoy().log_text();
+    assert!(
+        log.contains("policy rejected, the previous configuration stays in force: rule 'to-azure-westeurope' (rules[0]): prefer: unknown cluster 'azure-west'"),
+        "{log}"
+    );
+}
+
+#[test]
+fn republishing_every_100ms_under_load_fails_no_request() {
+    let live = Live::start(&policy_to("aws-us-east-1"));
+    let allowed = ["aws-us-east-1", "azure-westeurope"];
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+    let listener = live.envoy().listener;
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, total, failures, seen) =
+                (stop.clone(), total.clone(), failures.clone(), seen.clone());
+            std::thread::spawn(move || {
+                let mut connection = Connection::open(listener).unwrap();
+                while !stop.load(Ordering::Relaxed) {
+                    match connection.send("GET", "/", &[], b"") {
+                        Ok(reply) if reply.status == 200 => {
+                            let cloud = reply.cloud().unwrap_or("none").to_string();
+                            if !allowed.contains(&cloud.as_str()) {
+                                failures.lock().unwrap().push(format!("served by {cloud}"));
+                            }
+                            *seen.lock().unwrap().entry(cloud).or_default() += 1;
+                        }
+                        Ok(reply) => failures
+                            .lock()
+                            .unwrap()
+                            .push(format!("{} {}", reply.status, reply.body)),
+                        Err(e) => {
+                            failures.lock().unwrap().push(format!("{e:#}"));
+                            connection = Connection::open(listener).unwrap();
+                        }
+                    }
+                    total.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+
+    let started = Instant::now();
+    let mut publishes = 0;
+    while started.elapsed() < Duration::from_secs(10) {
+        let target = allowed[publishes % 2];
+        live.publish(&format!("p{publishes}.yaml"), &policy_to(target));
+        publishes += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().unwrap();
+    }
+    let total = total.load(Ordering::Relaxed);
+    let failures = failures.lock().unwrap();
+    let seen = seen.lock().unwrap();
+    println!("load: {total} requests in 10 s over 4 keep-alive connections, {publishes} publishes, clouds {seen:?}");
+    assert!(
+        failures.is_empty(),
+        "{} failed of {total}: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    assert!(
+        total >= 2000,
+        "the load was too light to mean anything: {total}"
+    );
+    assert!(publishes >= 50);
+    assert!(seen.len() == 2, "both policies decided requests: {seen:?}");
+    assert!(
+        live.envoy().stat(RELOADS).unwrap() >= 20,
+        "Envoy applied the reloads"
+    );
+}

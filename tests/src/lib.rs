@@ -72,6 +72,5 @@ impl Stack {
 /// A file under `policies/`.
 pub fn read_policy(file: &str) -> Result<String> {
     let path = repo_root().join("policies").join(file);
-    Ok(std::fs::read_to_string(&path)
-        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?)
+    std::fs::read_to_string(&path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))
 }

@@ -238,3 +238,44 @@ fn republishing_every_100ms_under_load_fails_no_request() {
         "Envoy applied the reloads"
     );
 }
+
+#[test]
+fn a_bad_policy_at_first_start_fails_requests_and_never_honours_a_client_cluster() {
+    let module = FilterModule::load(&wasm().unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bad = "clusters: {aws-us-east-1: {}}\nrules:\n  - {name: r, prefer: [aws-us-east-2]}\n";
+    let resource = ecds_resource("celroute", &wasm().unwrap(), bad, "bad");
+    write_atomically(&dir.path().join("celroute.yaml"), resource.as_bytes()).unwrap();
+    let stack = Stack::start_from("envoy-ecds.yaml", |c| c.with_ecds_dir(dir.path()))
+        .expect("Envoy starts");
+    let mut connection = Connection::open(stack.envoy.listener).unwrap();
+    let reply = connection
+        .send("GET", "/", &[("x-celroute-cluster", b"aws-us-east-1")], b"")
+        .unwrap();
+    assert_eq!(reply.status, 500, "{}", reply.body);
+    assert_eq!(
+        reply.cloud(),
+        None,
+        "no cloud is reached, whatever the client names"
+    );
+    assert_eq!(
+        stack
+            .envoy
+            .stat("extension_config_discovery.http_filter.celroute.update_rejected")
+            .unwrap(),
+        1
+    );
+
+    // A good policy then goes live without a restart.
+    let policies = tempfile::tempdir().unwrap();
+    let path = write_policy(policies.path(), "good.yaml", &policy_to("azure-westeurope"));
+    let before = stack.envoy.stat(RELOADS).unwrap();
+    publish(&module, &path, &options(dir.path())).expect("publish");
+    let start = Instant::now();
+    while stack.envoy.stat(RELOADS).unwrap() <= before && start.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut fresh = Connection::open(stack.envoy.listener).unwrap();
+    assert_eq!(cloud_of(&mut fresh), "azure-westeurope");
+}

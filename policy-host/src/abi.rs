@@ -325,6 +325,14 @@ pub fn deserialize_map(bytes: &[u8]) -> Option<HeaderMap> {
     Some(map)
 }
 
+/// A property path as the ABI passes it: segments separated by NUL bytes.
+fn property_path(raw: &[u8]) -> Vec<String> {
+    raw.split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect()
+}
+
 fn map_type(value: i32) -> HostResult<MapType> {
     MapType::from_abi(value).ok_or(Failure::Status(Status::BadArgument))
 }
@@ -531,12 +539,7 @@ fn link_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_get_property",
         |mut c: Ctx<'_>, path_ptr: i32, path_len: i32, ptr_ptr: i32, size_ptr: i32| {
             finish((|| {
-                let raw = read(&mut c, path_ptr, path_len)?;
-                let path: Vec<String> = raw
-                    .split(|b| *b == 0)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect();
+                let path = property_path(&read(&mut c, path_ptr, path_len)?);
                 let value = c.data().exchange.property(&path).ok_or(Status::NotFound)?;
                 give(&mut c, &value, ptr_ptr, size_ptr)
             })())
@@ -547,13 +550,8 @@ fn link_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_set_property",
         |mut c: Ctx<'_>, path_ptr: i32, path_len: i32, ptr: i32, len: i32| {
             finish((|| {
-                let path = read(&mut c, path_ptr, path_len)?;
+                let path = property_path(&read(&mut c, path_ptr, path_len)?);
                 let value = read(&mut c, ptr, len)?;
-                let path: Vec<String> = path
-                    .split(|b| *b == 0)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| String::from_utf8_lossy(s).into_owned())
-                    .collect();
                 c.data_mut().exchange.set_property(path, value);
                 Ok(())
             })())

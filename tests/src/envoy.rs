@@ -143,25 +143,11 @@ impl Config {
     /// Points an ECDS config's celroute filter at `dir`: Envoy loads
     /// `dir/celroute.yaml` and reloads it when a new one is renamed into `dir`.
     pub fn with_ecds_dir(mut self, dir: &Path) -> Result<Config> {
-        let source = [
-            "static_resources",
-            "listeners",
-            "0",
-            "filter_chains",
-            "0",
-            "filters",
-            "0",
-            "typed_config",
-            "http_filters",
-            "@celroute",
-            "config_discovery",
-            "config_source",
-            "path_config_source",
-        ];
-        let mut path = source.to_vec();
+        let source = ["config_discovery", "config_source", "path_config_source"];
+        let mut path = celroute_filter_path(&source);
         path.push("path");
         *at(&mut self.yaml, &path)? = Value::from(dir.join("celroute.yaml").display().to_string());
-        let mut watched = source.to_vec();
+        let mut watched = celroute_filter_path(&source);
         watched.extend(["watched_directory", "path"]);
         *at(&mut self.yaml, &watched)? = Value::from(dir.display().to_string());
         Ok(self)
@@ -223,8 +209,8 @@ const CLUSTER_PORT: &[&str] = &[
     "port_value",
 ];
 
-/// Path to a field of the celroute wasm filter's `config` in the first listener.
-fn wasm_filter_path<'a>(rest: &[&'a str]) -> Vec<&'a str> {
+/// Path to a field of the `celroute` HTTP filter entry in the first listener.
+fn celroute_filter_path<'a>(rest: &[&'a str]) -> Vec<&'a str> {
     let mut path = vec![
         "static_resources",
         "listeners",
@@ -236,9 +222,14 @@ fn wasm_filter_path<'a>(rest: &[&'a str]) -> Vec<&'a str> {
         "typed_config",
         "http_filters",
         "@celroute",
-        "typed_config",
-        "config",
     ];
+    path.extend_from_slice(rest);
+    path
+}
+
+/// Path to a field of the celroute wasm filter's `config` (static configs).
+fn wasm_filter_path<'a>(rest: &[&'a str]) -> Vec<&'a str> {
+    let mut path = celroute_filter_path(&["typed_config", "config"]);
     path.extend_from_slice(rest);
     path
 }

@@ -30,10 +30,13 @@ lint: setup
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p celroute --target wasm32-wasip1 -- -D warnings
 
+# The binaries run after the tests are the ones `cargo test --workspace` built
+# (with the workspace's features): `cargo run -p` would rebuild dependencies.
 test: lint wasm
 	cargo test --workspace
-	cargo run -q -p policy-host -- test policies --coverage --threshold 100
-	cargo run -q -p celroute-tests --bin demo -- --once
+	cargo build -q --workspace --bins
+	target/debug/policy-host test policies --coverage --threshold 100
+	target/debug/demo --once
 
 # Run the shipped policies' tests in the real filter (policy-host).
 policy-test: wasm

@@ -128,6 +128,17 @@ impl AttributeNeeds {
         self.headers = Some(HeaderNeeds::All);
     }
 
+    /// Which of [`ROOTS`] the policy reads at all: only those are bound per request.
+    pub(crate) fn roots(&self) -> [bool; 4] {
+        let mut roots = [false; 4];
+        for &i in &self.attributes {
+            if let Some(r) = root_index(CATALOG[i].0) {
+                roots[r] = true;
+            }
+        }
+        roots
+    }
+
     /// The referenced attribute paths, such as `request.headers['x-tenant']`
     /// or `source.address`, for logs and tests.
     pub fn describe(&self) -> Vec<String> {

@@ -41,11 +41,13 @@ pub struct Policy {
     pub(crate) name: Option<String>,
     pub(crate) env: Arc<Env>,
     pub(crate) clusters: Vec<Cluster>,
-    /// `clusters` as CEL sees it: name -> attributes.
-    pub(crate) clusters_value: Value,
+    /// `clusters` as CEL sees it: name -> attributes (converted once).
+    pub(crate) clusters_value: Box<dyn cel::common::value::Val>,
     pub(crate) rules: Vec<Rule>,
     pub(crate) default: Option<usize>,
     pub(crate) needs: AttributeNeeds,
+    /// Which attribute roots to bind per request (those the policy reads).
+    pub(crate) bound_roots: [bool; 4],
     pub(crate) routing_header: String,
     pub(crate) decision_header: Option<String>,
     pub(crate) log_level: LogLevel,
@@ -56,8 +58,9 @@ pub struct Policy {
 
 pub(crate) struct Cluster {
     pub(crate) name: String,
-    /// The cluster's attributes plus `name`, as `cluster` in CEL.
-    pub(crate) value: Value,
+    /// The cluster's attributes plus `name`, as `cluster` in CEL, converted
+    /// once here so that binding it per evaluation copies nothing.
+    pub(crate) value: Box<dyn cel::common::value::Val>,
 }
 
 pub(crate) struct Rule {
@@ -109,8 +112,8 @@ impl Policy {
         let known = FunctionCatalog::new(&env);
 
         let (clusters, cluster_fields) = compile_clusters(&document, &mut errors);
-        let cluster_index = |name: &str| clusters.iter().position(|c| c.name == name);
-        let cluster_names = || clusters.iter().map(|c| c.name.as_str());
+        let cluster_index = |name: &str| clusters.iter().position(|(n, _)| n == name);
+        let cluster_names = || clusters.iter().map(|(n, _)| n.as_str());
 
         let mut needs = AttributeNeeds::default();
         let mut programs = 0;
@@ -267,14 +270,21 @@ impl Policy {
         if !errors.is_empty() {
             return Err(PolicyErrors(errors));
         }
-        let clusters_value = Value::Map(Map {
+        let clusters_value = to_val(Value::Map(Map {
             map: Arc::new(
                 clusters
                     .iter()
-                    .map(|c| (Key::String(Arc::new(c.name.clone())), c.value.clone()))
+                    .map(|(name, value)| (Key::String(Arc::new(name.clone())), value.clone()))
                     .collect(),
             ),
-        });
+        }));
+        let clusters = clusters
+            .into_iter()
+            .map(|(name, value)| Cluster {
+                name,
+                value: to_val(value),
+            })
+            .collect::<Vec<_>>();
         Ok(Policy {
             name: document.name,
             env,
@@ -282,6 +292,7 @@ impl Policy {
             clusters_value,
             rules,
             default,
+            bound_roots: needs.roots(),
             needs,
             routing_header,
             decision_header: options.decision_header.clone(),
@@ -421,7 +432,7 @@ impl FunctionCatalog {
 fn compile_clusters(
     document: &PolicyDocument,
     errors: &mut Vec<PolicyError>,
-) -> (Vec<Cluster>, BTreeSet<String>) {
+) -> (Vec<(String, Value)>, BTreeSet<String>) {
     let mut clusters = Vec::new();
     let mut fields = BTreeSet::from(["name".to_string()]);
     if document.clusters.is_empty() {
@@ -454,12 +465,17 @@ fn compile_clusters(
             Key::String(Arc::new("name".to_string())),
             Value::String(Arc::new(name.clone())),
         );
-        clusters.push(Cluster {
-            name: name.clone(),
-            value: Value::Map(Map { map: Arc::new(map) }),
-        });
+        clusters.push((name.clone(), Value::Map(Map { map: Arc::new(map) })));
     }
     (clusters, fields)
+}
+
+/// A CEL value in the interpreter's own representation.
+fn to_val(value: Value) -> Box<dyn cel::common::value::Val> {
+    // Inventory values are built from JSON: null, bool, numbers, strings,
+    // lists and maps with string keys, all of which convert.
+    Box::<dyn cel::common::value::Val>::try_from(value)
+        .unwrap_or_else(|_| Box::new(cel::common::types::CelNull))
 }
 
 fn json_to_cel(value: &serde_json::Value) -> Value {
@@ -804,6 +820,7 @@ impl Analysis<'_> {
     }
 
     fn ident(&mut self, id: u64, name: &str) {
+        // `clusters` is served from the inventory, never fetched.
         if self.bound(name) || TYPE_NAMES.contains(&name) || name == "clusters" {
             return;
         }

@@ -17,6 +17,10 @@
 
 use std::cmp::Ordering;
 
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+
+use cel::common::value::CowVal;
+use cel::context::VariableResolver;
 use cel::{Context, Value};
 use serde::{Deserialize, Serialize};
 
@@ -112,13 +116,21 @@ impl Policy {
 
     /// Decides one request from attributes already fetched.
     pub fn decide_with(&self, attributes: &Attributes, trace: bool) -> Decision {
+        let inventory = Inventory {
+            policy: self,
+            current: AtomicUsize::new(0),
+        };
         let mut context = Context::with_env(self.env.clone());
-        for (root, value) in ROOTS.iter().zip(attributes.roots.iter()) {
-            context.add_variable_from_value(*root, value.clone());
+        context.set_variable_resolver(&inventory);
+        // Bind only what the policy reads: each binding converts a value.
+        for ((root, value), bound) in ROOTS.iter().zip(&attributes.roots).zip(self.bound_roots) {
+            if bound {
+                context.add_variable_from_value(*root, value.clone());
+            }
         }
-        context.add_variable_from_value("clusters", self.clusters_value.clone());
         let mut run = Run {
             policy: self,
+            inventory: &inventory,
             context: &context,
             errors: Vec::new(),
             steps: trace.then(Vec::new),
@@ -127,8 +139,31 @@ impl Policy {
     }
 }
 
+/// Serves `cluster` (the candidate being judged) and `clusters` from the
+/// values converted at load time, so no inventory value is copied per request.
+struct Inventory<'a> {
+    policy: &'a Policy,
+    /// Index of the candidate `cluster` names.
+    current: AtomicUsize,
+}
+
+impl VariableResolver for Inventory<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        match variable {
+            "cluster" => self
+                .policy
+                .clusters
+                .get(self.current.load(AtomicOrdering::Relaxed))
+                .map(|c| CowVal::Borrowed(c.value.as_ref())),
+            "clusters" => Some(CowVal::Borrowed(self.policy.clusters_value.as_ref())),
+            _ => None,
+        }
+    }
+}
+
 struct Run<'a> {
     policy: &'a Policy,
+    inventory: &'a Inventory<'a>,
     context: &'a Context<'a, 'a>,
     errors: Vec<String>,
     steps: Option<Vec<TraceStep>>,
@@ -172,7 +207,7 @@ impl Run<'_> {
                     let mut cluster_errors = Vec::new();
                     alive.retain(|&c| {
                         let cluster = &policy.clusters[c];
-                        let keep = match self.per_cluster(require, &cluster.value) {
+                        let keep = match self.per_cluster(require, c) {
                             Ok(Value::Bool(b)) => b,
                             Ok(other) => {
                                 let e = format!(
@@ -289,11 +324,12 @@ impl Run<'_> {
     fn per_cluster(
         &self,
         expression: &Expression,
-        cluster: &Value,
+        cluster: usize,
     ) -> Result<Value, cel::ExecutionError> {
-        let mut scope = self.context.new_inner_scope();
-        scope.add_variable_from_value("cluster", cluster.clone());
-        expression.program.execute(&scope)
+        self.inventory
+            .current
+            .store(cluster, AtomicOrdering::Relaxed);
+        expression.program.execute(self.context)
     }
 
     fn order_by(
@@ -307,7 +343,7 @@ impl Run<'_> {
         let mut best: Option<(usize, Value)> = None;
         for &c in alive {
             let cluster = &self.policy.clusters[c];
-            let value = match self.per_cluster(key, &cluster.value) {
+            let value = match self.per_cluster(key, c) {
                 Ok(v @ (Value::Int(_) | Value::UInt(_) | Value::Float(_) | Value::String(_))) => v,
                 Ok(other) => {
                     step_errors.push(format!(

@@ -333,6 +333,25 @@ fn property_path(raw: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// A shared queue by the id the guest holds (ids start at 1).
+fn queue(state: &mut HostState, id: i32) -> HostResult<&mut VecDeque<Vec<u8>>> {
+    let index = (id as u32 as usize)
+        .checked_sub(1)
+        .ok_or(Status::NotFound)?;
+    Ok(&mut state.queues.get_mut(index).ok_or(Status::NotFound)?.2)
+}
+
+/// The map and the header name of a header-map call; Envoy lower-cases names.
+fn map_and_key(
+    c: &mut Ctx<'_>,
+    map: i32,
+    key_ptr: i32,
+    key_len: i32,
+) -> HostResult<(MapType, String)> {
+    let map = map_type(map)?;
+    Ok((map, read_string(c, key_ptr, key_len)?.to_ascii_lowercase()))
+}
+
 fn map_type(value: i32) -> HostResult<MapType> {
     MapType::from_abi(value).ok_or(Failure::Status(Status::BadArgument))
 }
@@ -466,8 +485,7 @@ fn link_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_get_header_map_value",
         |mut c: Ctx<'_>, map: i32, key_ptr: i32, key_len: i32, ptr_ptr: i32, size_ptr: i32| {
             finish((|| {
-                let map = map_type(map)?;
-                let key = read_string(&mut c, key_ptr, key_len)?.to_ascii_lowercase();
+                let (map, key) = map_and_key(&mut c, map, key_ptr, key_len)?;
                 // Envoy answers with the first value of a repeated header.
                 let value = c
                     .data_mut()
@@ -486,8 +504,7 @@ fn link_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_replace_header_map_value",
         |mut c: Ctx<'_>, map: i32, key_ptr: i32, key_len: i32, ptr: i32, len: i32| {
             finish((|| {
-                let map = map_type(map)?;
-                let key = read_string(&mut c, key_ptr, key_len)?.to_ascii_lowercase();
+                let (map, key) = map_and_key(&mut c, map, key_ptr, key_len)?;
                 let value = read(&mut c, ptr, len)?;
                 let target = c.data_mut().map(map).ok_or(Status::NotFound)?;
                 match target.iter().position(|(k, _)| *k == key) {
@@ -510,8 +527,7 @@ fn link_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_remove_header_map_value",
         |mut c: Ctx<'_>, map: i32, key_ptr: i32, key_len: i32| {
             finish((|| {
-                let map = map_type(map)?;
-                let key = read_string(&mut c, key_ptr, key_len)?.to_ascii_lowercase();
+                let (map, key) = map_and_key(&mut c, map, key_ptr, key_len)?;
                 let target = c.data_mut().map(map).ok_or(Status::NotFound)?;
                 target.retain(|(k, _)| *k != key);
                 Ok(())
@@ -523,8 +539,7 @@ fn link_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_add_header_map_value",
         |mut c: Ctx<'_>, map: i32, key_ptr: i32, key_len: i32, ptr: i32, len: i32| {
             finish((|| {
-                let map = map_type(map)?;
-                let key = read_string(&mut c, key_ptr, key_len)?.to_ascii_lowercase();
+                let (map, key) = map_and_key(&mut c, map, key_ptr, key_len)?;
                 let value = read(&mut c, ptr, len)?;
                 c.data_mut()
                     .map(map)
@@ -637,11 +652,7 @@ fn link_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_dequeue_shared_queue",
         |mut c: Ctx<'_>, id: i32, ptr_ptr: i32, size_ptr: i32| {
             finish((|| {
-                let index = (id as u32 as usize)
-                    .checked_sub(1)
-                    .ok_or(Status::NotFound)?;
-                let queue = c.data_mut().queues.get_mut(index).ok_or(Status::NotFound)?;
-                let item = queue.2.pop_front().ok_or(Status::Empty)?;
+                let item = queue(c.data_mut(), id)?.pop_front().ok_or(Status::Empty)?;
                 give(&mut c, &item, ptr_ptr, size_ptr)
             })())
         },
@@ -652,11 +663,7 @@ fn link_proxy(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: Ctx<'_>, id: i32, ptr: i32, len: i32| {
             finish((|| {
                 let value = read(&mut c, ptr, len)?;
-                let index = (id as u32 as usize)
-                    .checked_sub(1)
-                    .ok_or(Status::NotFound)?;
-                let queue = c.data_mut().queues.get_mut(index).ok_or(Status::NotFound)?;
-                queue.2.push_back(value);
+                queue(c.data_mut(), id)?.push_back(value);
                 Ok(())
             })())
         },

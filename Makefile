@@ -30,8 +30,8 @@ lint: setup
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p celroute --target wasm32-wasip1 -- -D warnings
 
-# The binaries run after the tests are the ones `cargo test --workspace` built
-# (with the workspace's features): `cargo run -p` would rebuild dependencies.
+# Build the workspace's binaries once, then run them directly (a `cargo run -p`
+# per binary would resolve features per package and rebuild dependencies).
 test: lint wasm
 	cargo test --workspace
 	cargo build -q --workspace --bins

@@ -310,8 +310,10 @@ impl HttpContext for Request {
             Outcome::Deny { status, .. } => {
                 let body = decision.deny_body();
                 let mut headers = vec![("content-type", "application/json")];
-                let value = decision_header_value(&decision, &loaded);
-                if let Some(name) = policy.decision_header() {
+                let value = policy
+                    .decision_header()
+                    .map(|name| (name, decision_header_value(&decision, &loaded)));
+                if let Some((name, value)) = &value {
                     headers.push((name, value.as_str()));
                 }
                 self.send_http_response(u32::from(*status), headers, Some(body.as_bytes()));

@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -28,9 +30,18 @@ struct Metrics {
     policy_version: Option<u32>,
     programs_compiled: Option<u32>,
     attribute_fetches: Option<u32>,
-    /// Per-cluster and per-rule decision counters, by name.
-    named: HashMap<String, Option<u32>>,
+    decision_cache_hits: Option<u32>,
+    decision_cache_misses: Option<u32>,
+    /// Decision counters by cluster and by rule name (defined on first use).
+    clusters: HashMap<String, Option<u32>>,
+    rules: HashMap<String, Option<u32>>,
+    /// Per-request counts not yet given to the host, by metric id: a host
+    /// call per counter per request would cost more than the decision.
+    pending: HashMap<u32, u64>,
 }
+
+/// How often per-request counters reach the host's stats.
+const METRICS_FLUSH_PERIOD: Duration = Duration::from_millis(100);
 
 impl Metrics {
     fn new() -> Metrics {
@@ -44,7 +55,11 @@ impl Metrics {
                 .ok(),
             programs_compiled: counter("celroute.programs_compiled"),
             attribute_fetches: counter("celroute.attribute_fetches"),
-            named: HashMap::new(),
+            decision_cache_hits: counter("celroute.decision_cache.hits"),
+            decision_cache_misses: counter("celroute.decision_cache.misses"),
+            clusters: HashMap::new(),
+            rules: HashMap::new(),
+            pending: HashMap::new(),
         }
     }
 
@@ -54,18 +69,46 @@ impl Metrics {
         }
     }
 
+    /// Counts `n` towards a per-request counter, given to the host at the next flush.
+    fn count(&mut self, id: Option<u32>, n: u64) {
+        if let Some(id) = id {
+            *self.pending.entry(id).or_insert(0) += n;
+        }
+    }
+
+    fn flush(&mut self) {
+        for (id, n) in self.pending.drain() {
+            Metrics::add(Some(id), n);
+        }
+    }
+
     fn set(id: Option<u32>, value: u64) {
         if let Some(id) = id {
             let _ = hostcalls::record_metric(id, value);
         }
     }
 
-    fn add_named(&mut self, name: String) {
-        let id = *self
-            .named
-            .entry(name)
-            .or_insert_with_key(|name| hostcalls::define_metric(MetricType::Counter, name).ok());
-        Metrics::add(id, 1);
+    /// Counts one decision for `name` in `metrics` (`celroute.decisions.<kind>.<name>`),
+    /// looking the counter up without allocating once it is defined.
+    fn count_decision(&mut self, kind: &str, name: &str) {
+        let metrics = if kind == "cluster" {
+            &mut self.clusters
+        } else {
+            &mut self.rules
+        };
+        let id = match metrics.get(name) {
+            Some(id) => *id,
+            None => {
+                let id = hostcalls::define_metric(
+                    MetricType::Counter,
+                    &format!("celroute.decisions.{kind}.{name}"),
+                )
+                .ok();
+                metrics.insert(name.to_string(), id);
+                id
+            }
+        };
+        self.count(id, 1);
     }
 }
 
@@ -114,10 +157,24 @@ fn log(threshold: LogLevel, level: LogLevel, message: &str) {
     let _ = hostcalls::log(host_level, message);
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        if let Some(metrics) = &self.metrics {
+            metrics.borrow_mut().flush();
+        }
+        true
+    }
+}
 
 impl RootContext for Root {
+    fn on_tick(&mut self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.borrow_mut().flush();
+        }
+    }
+
     fn on_configure(&mut self, _configuration_size: usize) -> bool {
+        self.set_tick_period(METRICS_FLUSH_PERIOD);
         let metrics = self.metrics();
         let threshold = self
             .loaded
@@ -149,13 +206,17 @@ impl RootContext for Root {
                     policy.log_level(),
                     LogLevel::Info,
                     &format!(
-                        "loaded policy {}version {}: {} clusters, {} rules, {} CEL programs; reads {}",
+                        "loaded policy {}version {}: {} clusters, {} rules, {} CEL programs; reads {}; decision cache {}",
                         policy.name().map(|n| format!("'{n}' ")).unwrap_or_default(),
                         policy.version(),
                         policy.cluster_names().count(),
                         policy.rule_names().count(),
                         policy.programs_compiled(),
                         describe_reads(&policy),
+                        match policy.decision_cache_size() {
+                            0 => "off".to_string(),
+                            n => format!("{n} entries"),
+                        },
                     ),
                 );
                 let reporting = report(
@@ -209,30 +270,74 @@ fn describe_reads(policy: &Policy) -> String {
 struct Request {
     loaded: Option<Rc<Loaded>>,
     metrics: Option<Rc<std::cell::RefCell<Metrics>>>,
-    decision: Option<Decision>,
+    decision: Option<Arc<Decision>>,
 }
 
 /// Request attributes from the proxy, counting each host call.
+///
+/// Every call into the host costs about a microsecond in V8, more than the
+/// whole decision when it comes from the cache. So the request headers come
+/// in one call, on first use, and the request attributes Envoy itself derives
+/// from pseudo-headers (`request.path`, `url_path`, `host`, `method`,
+/// `scheme`) are read from them the way Envoy computes them.
 struct ProxyHost {
     fetches: u64,
+    headers: Option<Vec<(String, Vec<u8>)>>,
+}
+
+impl ProxyHost {
+    fn headers(&mut self) -> &[(String, Vec<u8>)] {
+        if self.headers.is_none() {
+            self.fetches += 1;
+            self.headers =
+                Some(hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default());
+        }
+        self.headers.as_deref().unwrap_or_default()
+    }
+
+    /// The first value of a header, as Envoy's single-header lookup gives it.
+    fn header(&mut self, name: &str) -> Option<&[u8]> {
+        self.headers()
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
 }
 
 impl AttributeHost for ProxyHost {
     fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
-        self.fetches += 1;
-        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+        self.header(name).map(<[u8]>::to_vec)
     }
 
     fn request_headers(&mut self) -> Vec<(String, Vec<u8>)> {
-        self.fetches += 1;
-        hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+        self.headers().to_vec()
     }
 
     fn property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
-        self.fetches += 1;
-        hostcalls::get_property(path.to_vec()).ok().flatten()
+        let pseudo = match path {
+            ["request", "path"] | ["request", "url_path"] => Some(":path"),
+            ["request", "host"] => Some(":authority"),
+            ["request", "method"] => Some(":method"),
+            ["request", "scheme"] => Some(":scheme"),
+            _ => None,
+        };
+        match pseudo {
+            Some(name) => {
+                let value = self.header(name)?;
+                let value = if path[1] == "url_path" {
+                    // Envoy's url_path: the path without its query string.
+                    let end = value.iter().position(|&b| b == b'?').unwrap_or(value.len());
+                    &value[..end]
+                } else {
+                    value
+                };
+                Some(value.to_vec())
+            }
+            None => {
+                self.fetches += 1;
+                hostcalls::get_property(path.to_vec()).ok().flatten()
+            }
+        }
     }
 }
 
@@ -255,11 +360,14 @@ impl HttpContext for Request {
             return Action::Pause;
         };
         let policy = &loaded.policy;
-        // A client must never pick the cluster: drop whatever it sent.
-        let _ =
-            hostcalls::set_map_value(MapType::HttpRequestHeaders, policy.routing_header(), None);
-
-        let mut host = ProxyHost { fetches: 0 };
+        // A client must never pick the cluster: a routed request gets its
+        // header replaced (all values the client sent go), and a denied one
+        // never leaves the proxy.
+        let mut host = ProxyHost {
+            fetches: 0,
+            headers: None,
+        };
+        let before = policy.decision_cache_stats();
         let decision = policy.decide(
             &mut host,
             loaded.reporting || policy.log_level() <= LogLevel::Debug,
@@ -267,11 +375,11 @@ impl HttpContext for Request {
         if loaded.reporting {
             report(
                 "decision",
-                serde_json::to_value(&decision).unwrap_or_default(),
+                serde_json::to_value(&*decision).unwrap_or_default(),
             );
         }
         for error in &decision.errors {
-            log(policy.log_level(), LogLevel::Warn, &error.to_string());
+            log(policy.log_level(), LogLevel::Warn, error);
         }
         if policy.log_level() <= LogLevel::Debug {
             log(
@@ -279,30 +387,56 @@ impl HttpContext for Request {
                 LogLevel::Debug,
                 &format!(
                     "decision {}",
-                    serde_json::to_string(&decision).unwrap_or_default()
+                    serde_json::to_string(&*decision).unwrap_or_default()
                 ),
             );
         }
         if let Some(metrics) = &self.metrics {
             let mut m = metrics.borrow_mut();
-            Metrics::add(m.attribute_fetches, host.fetches);
-            Metrics::add(m.evaluation_errors, decision.errors.len() as u64);
-            if let Outcome::Deny { .. } = decision.outcome {
-                Metrics::add(m.denials, 1);
+            let id = m.attribute_fetches;
+            m.count(id, host.fetches);
+            if !decision.errors.is_empty() {
+                let id = m.evaluation_errors;
+                m.count(id, decision.errors.len() as u64);
             }
-            if let Some(cluster) = decision.cluster() {
-                m.add_named(format!("celroute.decisions.cluster.{cluster}"));
+            let after = policy.decision_cache_stats();
+            if after.hits > before.hits {
+                let id = m.decision_cache_hits;
+                m.count(id, 1);
+            } else if after.misses > before.misses {
+                let id = m.decision_cache_misses;
+                m.count(id, 1);
             }
-            m.add_named(format!("celroute.decisions.rule.{}", decision.rule));
+            match &decision.outcome {
+                Outcome::Route { cluster } => m.count_decision("cluster", cluster),
+                Outcome::Deny { .. } => {
+                    let id = m.denials;
+                    m.count(id, 1);
+                }
+            }
+            m.count_decision("rule", &decision.rule);
         }
 
         let action = match &decision.outcome {
             Outcome::Route { cluster } => {
-                let _ = hostcalls::set_map_value(
+                if let Err(status) = hostcalls::set_map_value(
                     MapType::HttpRequestHeaders,
                     policy.routing_header(),
                     Some(cluster),
-                );
+                ) {
+                    // Whatever the client put in the header must not route.
+                    log(
+                        policy.log_level(),
+                        LogLevel::Error,
+                        &format!("could not set the routing header: {status:?}"),
+                    );
+                    self.send_http_response(
+                        500,
+                        vec![("content-type", "application/json")],
+                        Some(br#"{"error":"internal","message":"celroute could not set the routing header"}"#),
+                    );
+                    return Action::Pause;
+                }
                 // Envoy picked its route before this filter ran; make it look again.
                 let _ = hostcalls::call_foreign_function("clear_route_cache", None);
                 Action::Continue

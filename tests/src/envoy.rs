@@ -336,6 +336,11 @@ impl Envoy {
         bail!("Envoy was not ready within {limit:?}:\n{}", self.log_text())
     }
 
+    /// The Envoy process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -352,6 +357,19 @@ impl Envoy {
                 Some((name.to_string(), value.trim().parse().ok()?))
             })
             .collect())
+    }
+
+    /// Waits (up to 5 s) until a stat reaches `at_least`, and returns its
+    /// value: celroute gives per-request counters to Envoy every 100 ms.
+    pub fn wait_stat(&self, name: &str, at_least: u64) -> Result<u64> {
+        let start = Instant::now();
+        loop {
+            let value = self.stat(name)?;
+            if value >= at_least || start.elapsed() > Duration::from_secs(5) {
+                return Ok(value);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// One stat by exact name (0 when Envoy does not list it).

@@ -1,6 +1,7 @@
 //! Test and demo harness: simulated clouds, a real Envoy running
 //! `celroute.wasm`, and a small HTTP client, all on loopback.
 
+pub mod bench;
 pub mod clouds;
 pub mod envoy;
 pub mod http;

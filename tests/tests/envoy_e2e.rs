@@ -189,14 +189,23 @@ fn compiles_nothing_per_request_and_fetches_only_referenced_attributes() {
         .expect("stat");
     let fetches_after = s
         .envoy
-        .stat("wasmcustom.celroute.attribute_fetches")
+        .wait_stat("wasmcustom.celroute.attribute_fetches", fetches_before + n)
         .expect("stat");
+    // Nothing more arrives with a later flush.
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    assert_eq!(
+        s.envoy
+            .stat("wasmcustom.celroute.attribute_fetches")
+            .expect("stat"),
+        fetches_after
+    );
     assert_eq!(
         compiled_after, compiled_before,
         "no CEL program is compiled per request"
     );
-    // The policy reads four headers, each looked up by name: four host calls a request.
-    assert_eq!(fetches_after - fetches_before, 4 * n);
+    // The policy reads four headers and nothing else: one host call a request
+    // brings the header map; no property is asked for.
+    assert_eq!(fetches_after - fetches_before, n);
     let stats = s.envoy.stats("celroute").expect("stats");
     assert!(
         stats
@@ -213,6 +222,11 @@ fn compiles_nothing_per_request_and_fetches_only_referenced_attributes() {
             .unwrap_or(0)
             >= n
     );
+    // 25 requests with the same values: one evaluation, then the decision cache.
+    let stat = |name: &str| stats.get(name).copied().unwrap_or(0);
+    let hits = stat("wasmcustom.celroute.decision_cache.hits");
+    let misses = stat("wasmcustom.celroute.decision_cache.misses");
+    assert!(misses >= 1 && hits >= n - 1, "{stats:?}");
     let version = celroute::engine::content_version(&read_policy("eu-residency-cost.yaml"));
     let gauge = stats
         .get("wasmcustom.celroute.policy_version")

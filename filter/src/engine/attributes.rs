@@ -156,24 +156,90 @@ impl AttributeNeeds {
     }
 }
 
-/// The attribute values of one request: one CEL map per root, holding only
-/// what the policy references.
-#[derive(Debug, Clone)]
-pub struct Attributes {
-    pub(crate) roots: [Value; 4],
+/// Attributes that differ on (nearly) every request: a policy that reads one
+/// of them gets no decision cache, since no two requests would share an entry.
+pub(crate) const VOLATILE: &[(&str, &str)] = &[
+    ("request", "id"),
+    ("request", "time"),
+    ("source", "port"),
+    ("connection", "id"),
+];
+
+impl AttributeNeeds {
+    /// Whether decisions may be cached by the values of these attributes:
+    /// none is volatile and headers are read by name, not as the whole map.
+    pub(crate) fn cacheable(&self) -> bool {
+        !matches!(self.headers, Some(HeaderNeeds::All))
+            && self.attributes.iter().all(|&i| {
+                let (root, field, _) = CATALOG[i];
+                !VOLATILE.contains(&(root, field))
+            })
+    }
 }
 
-impl Attributes {
+/// The raw values of one request's referenced attributes, as the host gave
+/// them: in [`AttributeNeeds`] order, one slot per attribute (one per named
+/// header). A decision depends on nothing else, so these bytes are the key of
+/// the decision cache.
+pub(crate) struct Fetched {
+    slots: Vec<Option<Vec<u8>>>,
+    /// Every header, when the policy reads the whole map.
+    all_headers: Option<Vec<(String, Vec<u8>)>>,
+}
+
+impl Fetched {
     /// Fetches from `host` exactly the attributes in `needs`.
-    pub(crate) fn fetch(host: &mut dyn AttributeHost, needs: &AttributeNeeds) -> Attributes {
-        let mut maps: [HashMap<Key, Value>; 4] = Default::default();
+    pub(crate) fn fetch(host: &mut dyn AttributeHost, needs: &AttributeNeeds) -> Fetched {
+        let mut slots = Vec::with_capacity(needs.attributes.len() + 4);
+        let mut all_headers = None;
         for &i in &needs.attributes {
             let (root, field, kind) = CATALOG[i];
-            let value = match kind {
-                Kind::Headers => Some(fetch_headers(host, needs.headers.as_ref())),
-                _ => host
-                    .property(&[root, field])
-                    .and_then(|raw| decode(kind, raw)),
+            match (kind, &needs.headers) {
+                (Kind::Headers, Some(HeaderNeeds::Named(names))) => {
+                    slots.extend(names.iter().map(|name| host.request_header(name)))
+                }
+                (Kind::Headers, _) => all_headers = Some(host.request_headers()),
+                _ => slots.push(host.property(&[root, field])),
+            }
+        }
+        Fetched { slots, all_headers }
+    }
+
+    /// Writes the cache key into `key`: each slot as a presence byte, then
+    /// length and bytes, so that no two different requests share a key.
+    pub(crate) fn key(&self, key: &mut Vec<u8>) {
+        key.clear();
+        for slot in &self.slots {
+            match slot {
+                None => key.push(0),
+                Some(bytes) => {
+                    key.push(1);
+                    key.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+                    key.extend_from_slice(bytes);
+                }
+            }
+        }
+    }
+
+    /// The values as CEL sees them.
+    pub(crate) fn into_attributes(self, needs: &AttributeNeeds) -> Attributes {
+        let mut maps: [HashMap<Key, Value>; 4] = Default::default();
+        let mut slots = self.slots.into_iter();
+        let mut all_headers = self.all_headers;
+        for &i in &needs.attributes {
+            let (root, field, kind) = CATALOG[i];
+            let value = match (kind, &needs.headers) {
+                (Kind::Headers, Some(HeaderNeeds::Named(names))) => {
+                    let mut map: HashMap<Key, Value> = HashMap::new();
+                    for name in names {
+                        if let Some(raw) = slots.next().flatten() {
+                            map.insert(Key::String(Arc::new(name.clone())), text(raw));
+                        }
+                    }
+                    Some(Value::Map(Map { map: Arc::new(map) }))
+                }
+                (Kind::Headers, _) => Some(header_map(all_headers.take().unwrap_or_default())),
+                _ => slots.next().flatten().and_then(|raw| decode(kind, raw)),
             };
             if let (Some(value), Some(r)) = (value, root_index(root)) {
                 maps[r].insert(Key::String(Arc::new(field.to_string())), value);
@@ -185,25 +251,21 @@ impl Attributes {
     }
 }
 
-fn fetch_headers(host: &mut dyn AttributeHost, needs: Option<&HeaderNeeds>) -> Value {
+/// The attribute values of one request: one CEL map per root, holding only
+/// what the policy references.
+#[derive(Debug, Clone)]
+pub struct Attributes {
+    pub(crate) roots: [Value; 4],
+}
+
+/// The whole header map. A repeated header reads as its first value, as
+/// Envoy's single-header lookup returns it, so that a policy sees the same
+/// value however it refers to the header.
+fn header_map(headers: Vec<(String, Vec<u8>)>) -> Value {
     let mut map: HashMap<Key, Value> = HashMap::new();
-    match needs {
-        Some(HeaderNeeds::Named(names)) => {
-            for name in names {
-                if let Some(raw) = host.request_header(name) {
-                    map.insert(Key::String(Arc::new(name.clone())), text(raw));
-                }
-            }
-        }
-        Some(HeaderNeeds::All) | None => {
-            // A repeated header reads as its first value, as Envoy's
-            // single-header lookup returns it, so that a policy sees the same
-            // value however it refers to the header.
-            for (name, raw) in host.request_headers() {
-                let key = Key::String(Arc::new(name.to_ascii_lowercase()));
-                map.entry(key).or_insert_with(|| text(raw));
-            }
-        }
+    for (name, raw) in headers {
+        let key = Key::String(Arc::new(name.to_ascii_lowercase()));
+        map.entry(key).or_insert_with(|| text(raw));
     }
     Value::Map(Map { map: Arc::new(map) })
 }

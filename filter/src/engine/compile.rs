@@ -14,6 +14,7 @@ use cel::objects::{Key, Map};
 use cel::{Context, Env, Program, Value};
 
 use super::attributes::{catalog_index, fields_of, AttributeNeeds, ROOTS};
+use super::cache::{CacheStats, DecisionCache};
 use super::document::{PolicyDocument, RuleDocument};
 use super::error::{did_you_mean, PolicyError, PolicyErrors};
 
@@ -21,6 +22,8 @@ use super::error::{did_you_mean, PolicyError, PolicyErrors};
 pub const DEFAULT_ROUTING_HEADER: &str = "x-celroute-cluster";
 /// Default status when the constraints leave no cluster (451: Unavailable For Legal Reasons).
 pub const DEFAULT_NO_CANDIDATE_STATUS: u16 = 451;
+/// Largest `options.decision_cache_size` accepted.
+pub const MAX_DECISION_CACHE_SIZE: usize = 100_000;
 
 /// Names the engine uses for decisions no rule made; rules may not take them.
 pub(crate) const RESERVED_RULE_NAMES: [&str; 3] = ["default", "first-candidate", "no-candidate"];
@@ -54,6 +57,8 @@ pub struct Policy {
     pub(crate) no_candidate_status: u16,
     pub(crate) version: String,
     pub(crate) programs: usize,
+    /// Decisions by the values of the attributes read; `None` when off.
+    pub(crate) cache: Option<DecisionCache>,
 }
 
 pub(crate) struct Cluster {
@@ -79,6 +84,11 @@ pub(crate) enum Action {
 /// A compiled CEL expression.
 pub(crate) struct Expression {
     pub(crate) program: Program,
+    /// Reads no request attribute: its value depends only on the inventory.
+    pub(crate) request_independent: bool,
+    /// For a per-cluster expression (`require`, `order_by`) that reads no
+    /// request attribute: its result for each cluster, evaluated once at load.
+    pub(crate) per_cluster: Option<Vec<Result<Value, cel::ExecutionError>>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -266,6 +276,17 @@ impl Policy {
                 format!("{no_candidate_status} is not an HTTP status from 200 to 599"),
             ));
         }
+        let cache_size = options
+            .decision_cache_size
+            .unwrap_or(super::cache::DEFAULT_DECISION_CACHE_SIZE);
+        if cache_size > MAX_DECISION_CACHE_SIZE {
+            errors.push(PolicyError::new(
+                "options.decision_cache_size",
+                format!(
+                    "{cache_size} is more than {MAX_DECISION_CACHE_SIZE} entries (each worker allocates its cache at load)"
+                ),
+            ));
+        }
 
         if !errors.is_empty() {
             return Err(PolicyErrors(errors));
@@ -285,7 +306,7 @@ impl Policy {
                 value: to_val(value),
             })
             .collect::<Vec<_>>();
-        Ok(Policy {
+        let mut policy = Policy {
             name: document.name,
             env,
             clusters,
@@ -293,6 +314,11 @@ impl Policy {
             rules,
             default,
             bound_roots: needs.roots(),
+            cache: if needs.cacheable() {
+                DecisionCache::new(cache_size)
+            } else {
+                None
+            },
             needs,
             routing_header,
             decision_header: options.decision_header.clone(),
@@ -300,7 +326,9 @@ impl Policy {
             no_candidate_status,
             version: version.to_string(),
             programs,
-        })
+        };
+        policy.precompute_per_cluster();
+        Ok(policy)
     }
 
     /// The policy's name, when the document gives one.
@@ -337,6 +365,18 @@ impl Policy {
     /// How many CEL programs this policy compiled (all of them at load).
     pub fn programs_compiled(&self) -> usize {
         self.programs
+    }
+    /// Entries of the decision cache; 0 when it is off (by option, or
+    /// because the policy reads a per-request attribute or the whole header map).
+    pub fn decision_cache_size(&self) -> usize {
+        self.cache.as_ref().map_or(0, DecisionCache::capacity)
+    }
+    /// Decision cache hits and misses since load.
+    pub fn decision_cache_stats(&self) -> CacheStats {
+        self.cache
+            .as_ref()
+            .map(DecisionCache::stats)
+            .unwrap_or_default()
     }
     /// The attributes this policy reads; the only ones fetched per request.
     pub fn referenced_attributes(&self) -> Vec<String> {
@@ -607,6 +647,7 @@ fn compile_expression(
             .unwrap_or_default();
         return Err(format!("{problem}{position} in `{source}`"));
     }
+    let request_independent = analysis.needs.attributes.is_empty();
     needs.attributes.extend(analysis.needs.attributes);
     match analysis.needs.headers {
         Some(super::attributes::HeaderNeeds::All) => needs.add_all_headers(),
@@ -617,7 +658,11 @@ fn compile_expression(
         }
         None => {}
     }
-    Ok(Expression { program })
+    Ok(Expression {
+        program,
+        request_independent,
+        per_cluster: None,
+    })
 }
 
 /// 1-based line and column (in characters) of a byte offset.

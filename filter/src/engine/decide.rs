@@ -16,6 +16,7 @@
 //! an `order_by` key, skips that rule or cluster.
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
@@ -24,7 +25,7 @@ use cel::context::VariableResolver;
 use cel::{Context, Value};
 use serde::{Deserialize, Serialize};
 
-use super::attributes::{AttributeHost, Attributes, ROOTS};
+use super::attributes::{AttributeHost, Attributes, Fetched, ROOTS};
 use super::compile::{Action, Expression, Policy};
 
 /// The outcome of one request's decision.
@@ -108,10 +109,17 @@ impl Decision {
 }
 
 impl Policy {
-    /// Decides one request, fetching from `host` only the attributes the policy reads.
-    pub fn decide(&self, host: &mut dyn AttributeHost, trace: bool) -> Decision {
-        let attributes = Attributes::fetch(host, &self.needs);
-        self.decide_with(&attributes, trace)
+    /// Decides one request, fetching from `host` only the attributes the
+    /// policy reads. Without a trace, the decision comes from the decision
+    /// cache when the same values were decided before.
+    pub fn decide(&self, host: &mut dyn AttributeHost, trace: bool) -> Arc<Decision> {
+        let fetched = Fetched::fetch(host, &self.needs);
+        let decide =
+            |fetched: Fetched| self.decide_with(&fetched.into_attributes(&self.needs), trace);
+        match &self.cache {
+            Some(cache) if !trace => cache.get_or_decide(fetched, decide),
+            _ => Arc::new(decide(fetched)),
+        }
     }
 
     /// Decides one request from attributes already fetched.
@@ -136,6 +144,43 @@ impl Policy {
             steps: trace.then(Vec::new),
         };
         run.decide()
+    }
+}
+
+impl Policy {
+    /// Evaluates, for every cluster, each `require` and `order_by` that reads
+    /// no request attribute: their results cannot change per request.
+    pub(crate) fn precompute_per_cluster(&mut self) {
+        let mut results = Vec::new();
+        {
+            let inventory = Inventory {
+                policy: self,
+                current: AtomicUsize::new(0),
+            };
+            let mut context = Context::with_env(self.env.clone());
+            context.set_variable_resolver(&inventory);
+            for (r, rule) in self.rules.iter().enumerate() {
+                let expression = match &rule.action {
+                    Action::Require(e) | Action::OrderBy { key: e, .. } => e,
+                    Action::Deny { .. } | Action::Prefer(_) => continue,
+                };
+                if !expression.request_independent {
+                    continue;
+                }
+                let per_cluster = (0..self.clusters.len())
+                    .map(|c| {
+                        inventory.current.store(c, AtomicOrdering::Relaxed);
+                        expression.program.execute(&context)
+                    })
+                    .collect::<Vec<_>>();
+                results.push((r, per_cluster));
+            }
+        }
+        for (r, per_cluster) in results {
+            if let Action::Require(e) | Action::OrderBy { key: e, .. } = &mut self.rules[r].action {
+                e.per_cluster = Some(per_cluster);
+            }
+        }
     }
 }
 
@@ -326,6 +371,9 @@ impl Run<'_> {
         expression: &Expression,
         cluster: usize,
     ) -> Result<Value, cel::ExecutionError> {
+        if let Some(result) = expression.per_cluster.as_ref().and_then(|r| r.get(cluster)) {
+            return result.clone();
+        }
         self.inventory
             .current
             .store(cluster, AtomicOrdering::Relaxed);

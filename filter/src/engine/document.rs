@@ -75,6 +75,9 @@ pub struct OptionsDocument {
     /// Status of the denial sent when the constraints leave no cluster.
     #[serde(default)]
     pub no_candidate_status: Option<u16>,
+    /// Decisions kept in the per-worker LRU decision cache; 0 turns it off.
+    #[serde(default)]
+    pub decision_cache_size: Option<usize>,
 }
 
 impl PolicyDocument {

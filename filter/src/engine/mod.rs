@@ -6,12 +6,14 @@
 //! ```
 
 mod attributes;
+mod cache;
 mod compile;
 mod decide;
 mod document;
 mod error;
 
 pub use attributes::{AttributeHost, AttributeNeeds, Attributes};
+pub use cache::{CacheStats, DEFAULT_DECISION_CACHE_SIZE};
 pub use compile::{
     content_version, LogLevel, Policy, PolicyDescription, RuleDescription, DEFAULT_ROUTING_HEADER,
 };

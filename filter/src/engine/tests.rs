@@ -86,7 +86,7 @@ fn errors_of(text: &str) -> String {
 }
 
 fn decide(policy: &Policy, headers: &[(&str, &str)]) -> Decision {
-    policy.decide(&mut TestHost::with_headers(headers), true)
+    std::sync::Arc::unwrap_or_clone(policy.decide(&mut TestHost::with_headers(headers), true))
 }
 
 fn routed(decision: &Decision) -> (&str, &str) {
@@ -546,4 +546,82 @@ fn decisions_serialize_for_tools() {
     assert_eq!(json["cluster"], "aws-us-east-1");
     assert_eq!(json["rule"], "default");
     assert!(json["trace"]["steps"].is_array());
+}
+
+#[test]
+fn decision_cache_answers_repeated_values_with_the_same_decision() {
+    let cached = load(EXAMPLE);
+    let uncached = load(&format!("{EXAMPLE}options: {{decision_cache_size: 0}}\n"));
+    assert_eq!(cached.decision_cache_size(), DEFAULT_DECISION_CACHE_SIZE);
+    assert_eq!(uncached.decision_cache_size(), 0);
+    let requests: [&[(&str, &str)]; 6] = [
+        &[
+            ("x-tenant", "a"),
+            ("x-user-region", "eu"),
+            ("x-task", "reasoning"),
+        ],
+        &[("x-tenant", "a"), ("x-task", "reasoning")],
+        &[("x-user-region", "eu")],
+        // Absent and empty are different values.
+        &[("x-tenant", "a"), ("x-cheap", "")],
+        &[("x-tenant", "a")],
+        // Headers the policy does not read do not split the cache.
+        &[("x-tenant", "a"), ("x-other", "1")],
+    ];
+    for round in 0..3 {
+        for headers in requests {
+            let mut host = TestHost::with_headers(headers);
+            let from_cache = cached.decide(&mut host, false);
+            let evaluated = uncached.decide(&mut TestHost::with_headers(headers), false);
+            assert_eq!(*from_cache, *evaluated, "round {round}, {headers:?}");
+            // Every read attribute is fetched even on a hit: it is the key.
+            assert_eq!(host.lookups.len(), 4);
+        }
+    }
+    assert_eq!(
+        cached.decision_cache_stats(),
+        CacheStats {
+            hits: 13,
+            misses: 5
+        }
+    );
+    assert_eq!(uncached.decision_cache_stats(), CacheStats::default());
+    // A trace always evaluates.
+    let d = decide(&cached, &[("x-tenant", "a")]);
+    assert!(d.trace.is_some());
+    assert_eq!(cached.decision_cache_stats().hits, 13);
+}
+
+#[test]
+fn decision_cache_keeps_at_most_its_size() {
+    let p = load(
+        "clusters: {a: {}, b: {}}\nrules:\n  - {name: r, when: \"request.headers[?'x-n'].orValue('') == '1'\", prefer: [b]}\noptions: {decision_cache_size: 2}\n",
+    );
+    for n in ["1", "2", "3", "1"] {
+        p.decide(&mut TestHost::with_headers(&[("x-n", n)]), false);
+    }
+    // '1' was evicted by '3' (least recently used), so it missed again.
+    assert_eq!(p.decision_cache_stats(), CacheStats { hits: 0, misses: 4 });
+    p.decide(&mut TestHost::with_headers(&[("x-n", "1")]), false);
+    assert_eq!(p.decision_cache_stats().hits, 1);
+}
+
+#[test]
+fn decision_cache_is_off_for_per_request_attributes() {
+    for when in [
+        "request.time > timestamp('2020-01-01T00:00:00Z')",
+        "request.id != ''",
+        "source.port > 0",
+        "connection.id > 0u",
+        "request.headers.exists(h, h == 'x-a')",
+    ] {
+        let p = load(&format!(
+            "clusters: {{a: {{}}, b: {{}}}}\nrules:\n  - {{name: r, when: \"{when}\", prefer: [b]}}\n"
+        ));
+        assert_eq!(p.decision_cache_size(), 0, "{when}");
+        p.decide(&mut TestHost::default(), false);
+        assert_eq!(p.decision_cache_stats(), CacheStats::default(), "{when}");
+    }
+    let e = errors_of("clusters: {a: {}}\noptions: {decision_cache_size: 100000000}\n");
+    assert!(e.contains("options.decision_cache_size"), "{e}");
 }

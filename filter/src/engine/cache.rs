@@ -1,0 +1,90 @@
+//! The decision cache: a bounded LRU map from the raw values of the
+//! attributes a policy reads to the decision it made for them.
+//!
+//! A decision is a pure function of the policy and those values (CEL has no
+//! side effects and the cluster inventory is part of the policy), so a cached
+//! decision is exactly what evaluating again would give. The cache belongs to
+//! one compiled policy: a new configuration starts with an empty one. A policy
+//! that reads a per-request attribute (`request.id`, `request.time`,
+//! `source.port`, `connection.id`) or the whole header map gets no cache.
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+
+use super::attributes::Fetched;
+use super::decide::Decision;
+
+/// Entries kept when the policy does not say (`options.decision_cache_size`).
+pub const DEFAULT_DECISION_CACHE_SIZE: usize = 1024;
+
+pub(crate) struct DecisionCache {
+    state: Mutex<State>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+struct State {
+    entries: LruCache<Box<[u8]>, Arc<Decision>>,
+    /// Reused buffer for the key of the request being decided.
+    key: Vec<u8>,
+}
+
+/// Hits and misses since the policy was loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl DecisionCache {
+    /// A cache of `size` entries; `None` for size 0 (caching off).
+    pub(crate) fn new(size: usize) -> Option<DecisionCache> {
+        let size = NonZeroUsize::new(size)?;
+        Some(DecisionCache {
+            state: Mutex::new(State {
+                entries: LruCache::new(size),
+                key: Vec::new(),
+            }),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        })
+    }
+
+    /// The cached decision for these values, or the one `decide` makes (then cached).
+    pub(crate) fn get_or_decide(
+        &self,
+        fetched: Fetched,
+        decide: impl FnOnce(Fetched) -> Decision,
+    ) -> Arc<Decision> {
+        // Filters are single-threaded; a poisoned lock (a panic elsewhere
+        // while deciding) only costs the cache, never the decision.
+        let Ok(mut state) = self.state.lock() else {
+            return Arc::new(decide(fetched));
+        };
+        let State { entries, key } = &mut *state;
+        fetched.key(key);
+        if let Some(decision) = entries.get(key.as_slice()) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return decision.clone();
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let key: Box<[u8]> = key.as_slice().into();
+        let decision = Arc::new(decide(fetched));
+        entries.put(key, decision.clone());
+        decision
+    }
+
+    pub(crate) fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.state.lock().map_or(0, |s| s.entries.cap().get())
+    }
+}

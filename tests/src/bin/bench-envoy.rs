@@ -1,0 +1,755 @@
+//! Throughput and latency of Envoy with celroute, side by side with Envoy
+//! alone, the least a proxy-wasm routing filter does, and Envoy's Lua filter
+//! making the same decision.
+//!
+//! In one run: starts an upstream and every configuration on loopback, checks
+//! that the Lua filter and celroute decide every request of the mix alike,
+//! then drives the same bounded `wrk` load against each configuration in
+//! turn, on a direct-response route (the filter's cost alone) and a proxied
+//! one, for several rounds. Prints one table of medians (req/s, p50, p99,
+//! Envoy's peak RSS and the ratios to Envoy alone and to the header-only
+//! floor) and writes it as Markdown and JSON.
+//!
+//! `bench-envoy [--duration SECS] [--rounds N] [--connections N] [--threads N] [--out DIR] [--only NAME-PART]...`
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use celroute_tests::bench::{self, CLUSTERS};
+use celroute_tests::envoy::{free_port, Config, Envoy};
+use celroute_tests::http::Connection;
+use celroute_tests::repo_root;
+use serde::Serialize;
+use serde_json::json;
+
+const ROUTING_HEADER: &str = "x-celroute-cluster";
+/// CPUs: Envoy under test on one, the load and the upstream on another, so
+/// that they do not take turns on the same core.
+const ENVOY_CPU: &str = "1";
+const LOAD_CPU: &str = "0";
+/// Distinct requests in the load mix.
+const MIX: usize = 64;
+
+struct Options {
+    duration: u64,
+    rounds: usize,
+    connections: usize,
+    threads: usize,
+    out: PathBuf,
+    /// Only the configurations whose name contains one of these (plus Envoy alone and the floor).
+    only: Vec<String>,
+}
+
+fn options() -> Result<Options> {
+    let mut o = Options {
+        duration: 5,
+        rounds: 3,
+        connections: 50,
+        threads: 1,
+        out: repo_root().join("target/bench-envoy"),
+        only: Vec::new(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--duration" => o.duration = value()?.parse().context("--duration: seconds")?,
+            "--rounds" => o.rounds = value()?.parse().context("--rounds: a count")?,
+            "--connections" => o.connections = value()?.parse().context("--connections")?,
+            "--threads" => o.threads = value()?.parse().context("--threads")?,
+            "--out" => o.out = PathBuf::from(value()?),
+            "--only" => o.only.push(value()?),
+            "-h" | "--help" => {
+                println!("bench-envoy [--duration SECS=5] [--rounds N=3] [--connections N=50] [--threads N=1] [--out DIR=target/bench-envoy] [--only NAME-PART]...");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument '{other}' (see --help)"),
+        }
+    }
+    if o.duration == 0 || o.duration > 120 || o.rounds == 0 || o.rounds > 20 {
+        bail!("--duration must be 1..=120 seconds and --rounds 1..=20");
+    }
+    Ok(o)
+}
+
+/// What runs in Envoy's filter chain.
+#[derive(Clone)]
+enum Filter {
+    None,
+    HeaderOnly,
+    Lua { rules: usize },
+    Celroute { rules: usize, cache: bool },
+}
+
+struct Subject {
+    name: String,
+    filter: Filter,
+}
+
+fn subjects() -> Vec<Subject> {
+    let mut out = vec![
+        Subject {
+            name: "Envoy, no filter".into(),
+            filter: Filter::None,
+        },
+        Subject {
+            name: "header-only proxy-wasm filter (floor)".into(),
+            filter: Filter::HeaderOnly,
+        },
+    ];
+    for rules in [20, 100] {
+        out.push(Subject {
+            name: format!("Lua filter, same decision, {rules} rules"),
+            filter: Filter::Lua { rules },
+        });
+    }
+    for rules in [5, 20, 100] {
+        out.push(Subject {
+            name: format!("celroute, {rules} rules"),
+            filter: Filter::Celroute { rules, cache: true },
+        });
+    }
+    out.push(Subject {
+        name: "celroute, 20 rules, decision cache off".into(),
+        filter: Filter::Celroute {
+            rules: 20,
+            cache: false,
+        },
+    });
+    out
+}
+
+fn wasm_filter(name: &str, code: &Path, configuration: &str) -> serde_json::Value {
+    json!({
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "root_id": name,
+                "vm_config": {
+                    "vm_id": name,
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": code.display().to_string()}},
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": configuration,
+                },
+            },
+        },
+    })
+}
+
+fn envoy_config(filter: &Filter, upstream: u16, wasm_dir: &Path) -> Result<Config> {
+    let listener_port = free_port()?;
+    let admin_port = free_port()?;
+    let mut http_filters = Vec::new();
+    match filter {
+        Filter::None => {}
+        Filter::HeaderOnly => http_filters.push(wasm_filter(
+            "header_only",
+            &wasm_dir.join("header_only.wasm"),
+            "",
+        )),
+        Filter::Lua { rules } => http_filters.push(json!({
+            "name": "envoy.filters.http.lua",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": bench::lua(*rules, ROUTING_HEADER)},
+            },
+        })),
+        Filter::Celroute { rules, cache } => http_filters.push(wasm_filter(
+            "celroute",
+            &wasm_dir.join("celroute.wasm"),
+            &bench::policy_yaml(*rules, (!cache).then_some(0)),
+        )),
+    }
+    http_filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    }));
+    // Without a filter there is no routing header: proxy to one cluster.
+    let proxied = match filter {
+        Filter::None => json!({"cluster": "cluster-0"}),
+        _ => json!({"cluster_header": ROUTING_HEADER}),
+    };
+    let clusters: Vec<_> = (0..CLUSTERS)
+        .map(|i| {
+            json!({
+                "name": bench::cluster(i).0,
+                "connect_timeout": "1s",
+                "type": "STATIC",
+                "load_assignment": {
+                    "cluster_name": bench::cluster(i).0,
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream}}}}]}],
+                },
+            })
+        })
+        .collect();
+    let config = json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "bench",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener_port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "bench",
+                        "route_config": {"virtual_hosts": [{
+                            "name": "bench",
+                            "domains": ["*"],
+                            "routes": [
+                                {
+                                    "match": {"prefix": "/v1/direct"},
+                                    "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
+                                    "response_headers_to_add": [{"header": {"key": "x-chosen", "value": format!("%REQ({ROUTING_HEADER})%")}}],
+                                },
+                                {"match": {"prefix": "/v1/proxied"}, "route": proxied},
+                            ],
+                        }]},
+                        "http_filters": http_filters,
+                    },
+                }]}],
+            }],
+            "clusters": clusters,
+        },
+    });
+    Ok(Config {
+        yaml: serde_yaml::to_value(&config)?,
+        listener_port,
+        admin_port,
+        ipv6: false,
+    })
+}
+
+/// The upstream of the proxied route: an Envoy answering every request itself.
+fn upstream_config() -> Result<Config> {
+    let listener_port = free_port()?;
+    let admin_port = free_port()?;
+    let config = json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {"listeners": [{
+            "name": "upstream",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener_port}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "upstream",
+                    "route_config": {"virtual_hosts": [{
+                        "name": "upstream",
+                        "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "upstream ok"}}}],
+                    }]},
+                    "http_filters": [{
+                        "name": "envoy.filters.http.router",
+                        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                    }],
+                },
+            }]}],
+        }]},
+    });
+    Ok(Config {
+        yaml: serde_yaml::to_value(&config)?,
+        listener_port,
+        admin_port,
+        ipv6: false,
+    })
+}
+
+/// One request on a fresh connection: status and the cluster the route saw.
+fn probe(envoy: &Envoy, path: &str, headers: &[(String, String)]) -> Result<(u16, String)> {
+    let headers: Vec<(&str, &[u8])> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
+        .collect();
+    let reply = Connection::open(envoy.listener)?.send("GET", path, &headers, b"")?;
+    Ok((
+        reply.status,
+        reply.header("x-chosen").unwrap_or_default().to_string(),
+    ))
+}
+
+/// The wrk script: cycles through the request mix on `path`, prints one JSON line.
+fn wrk_script(path: &str) -> String {
+    let mut mix = String::new();
+    for headers in bench::routed_requests(MIX) {
+        let fields: Vec<String> = headers
+            .iter()
+            .map(|(k, v)| format!("[\"{k}\"] = \"{v}\""))
+            .collect();
+        mix.push_str(&format!("  {{{}}},\n", fields.join(", ")));
+    }
+    format!(
+        r#"local mix = {{
+{mix}}}
+local requests = {{}}
+local n = 0
+init = function(args)
+  for i, headers in ipairs(mix) do
+    requests[i] = wrk.format("GET", "{path}", headers)
+  end
+end
+request = function()
+  n = n % #requests + 1
+  return requests[n]
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('BENCH {{"requests":%d,"duration_us":%d,"connect_errors":%d,"read_errors":%d,"write_errors":%d,"status_errors":%d,"timeouts":%d,"p50_us":%d,"p99_us":%d}}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"#
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct WrkResult {
+    requests: u64,
+    duration_us: u64,
+    connect_errors: u64,
+    read_errors: u64,
+    write_errors: u64,
+    status_errors: u64,
+    timeouts: u64,
+    p50_us: u64,
+    p99_us: u64,
+    /// Envoy's CPU time over the run divided by the requests served.
+    #[serde(default)]
+    cpu_us_per_request: f64,
+}
+
+fn wrk(options: &Options, script: &Path, address: std::net::SocketAddr) -> Result<WrkResult> {
+    let output = Command::new("taskset")
+        .args(["-c", LOAD_CPU, "wrk"])
+        .args(["-t", &options.threads.to_string()])
+        .args(["-c", &options.connections.to_string()])
+        .args(["-d", &format!("{}s", options.duration)])
+        .args(["--timeout", "5s", "-s"])
+        .arg(script)
+        .arg(format!("http://{address}"))
+        .output()
+        .context("running wrk (install it: apt-get install wrk)")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("BENCH "))
+        .with_context(|| {
+            format!(
+                "wrk printed no result ({}):\n{stdout}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?;
+    let result: WrkResult = serde_json::from_str(line).context("reading wrk's result")?;
+    let errors = result.connect_errors
+        + result.read_errors
+        + result.write_errors
+        + result.status_errors
+        + result.timeouts;
+    if errors > 0 || result.requests == 0 {
+        bail!(
+            "{errors} failed requests out of {} against {address}: {line}",
+            result.requests
+        );
+    }
+    Ok(result)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// CPU time a process has used so far (all its threads), from the scheduler.
+fn cpu_time(pid: u32) -> Duration {
+    let mut total = 0u64;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
+                total += text
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+    }
+    Duration::from_nanos(total)
+}
+
+/// Pins every thread of a process to `cpus`.
+fn pin(pid: u32, cpus: &str) -> Result<()> {
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running taskset")?;
+    if !status.success() {
+        bail!("taskset could not pin process {pid} to CPU {cpus}");
+    }
+    Ok(())
+}
+
+/// Peak resident memory of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+#[derive(Serialize)]
+struct Row {
+    configuration: String,
+    route: String,
+    requests_per_second: f64,
+    p50_us: f64,
+    p99_us: f64,
+    cpu_us_per_request: f64,
+    peak_rss_mib: Option<f64>,
+    ratio_to_envoy: f64,
+    ratio_to_floor: f64,
+    /// Every round's requests per second, in order.
+    rounds: Vec<f64>,
+}
+
+#[derive(Serialize)]
+struct Startup {
+    configuration: String,
+    /// Process start to the first routed response on the proxied route.
+    first_routed_response_ms: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    date: String,
+    cores: usize,
+    cpu: String,
+    envoy: String,
+    load: String,
+    rows: Vec<Row>,
+    startup: Vec<Startup>,
+    celroute_wasm_bytes: u64,
+    decision_cache: BTreeMap<String, (u64, u64)>,
+}
+
+struct Running {
+    subject: Subject,
+    envoy: Envoy,
+    started: Duration,
+}
+
+fn main() -> Result<()> {
+    let options = options()?;
+    if Command::new("wrk").arg("--version").output().is_err() {
+        bail!("wrk is not installed: `make bench-envoy` installs it (apt-get install wrk)");
+    }
+    let wasm_dir = repo_root().join("target/wasm32-wasip1/release");
+    for file in ["celroute.wasm", "header_only.wasm"] {
+        if !wasm_dir.join(file).is_file() {
+            bail!(
+                "{} is missing: `make bench-envoy` builds it",
+                wasm_dir.join(file).display()
+            );
+        }
+    }
+    std::fs::create_dir_all(&options.out)?;
+    let upstream = Envoy::start(&upstream_config()?).context("starting the upstream Envoy")?;
+    pin(upstream.pid(), LOAD_CPU)?;
+    println!("upstream Envoy on {}", upstream.listener);
+
+    let mut running = Vec::new();
+    for subject in subjects().into_iter().enumerate().filter_map(|(i, s)| {
+        let wanted = i < 2
+            || options.only.is_empty()
+            || options.only.iter().any(|o| s.name.contains(o.as_str()));
+        wanted.then_some(s)
+    }) {
+        let config = envoy_config(&subject.filter, upstream.listener.port(), &wasm_dir)?;
+        let begin = Instant::now();
+        let envoy =
+            Envoy::start(&config).with_context(|| format!("starting '{}'", subject.name))?;
+        // Start-up ends with the first response routed through the filter.
+        let (status, _) = probe(&envoy, "/v1/proxied/chat", &bench::routed_requests(1)[0])?;
+        let started = begin.elapsed();
+        pin(envoy.pid(), ENVOY_CPU)?;
+        if status != 200 {
+            bail!("'{}': first proxied request got {status}", subject.name);
+        }
+        println!(
+            "{:<45} ready, first routed response after {:>5} ms",
+            subject.name,
+            started.as_millis()
+        );
+        running.push(Running {
+            subject,
+            envoy,
+            started,
+        });
+    }
+
+    check_same_decisions(&running)?;
+
+    let scripts = options.out.join("scripts");
+    std::fs::create_dir_all(&scripts)?;
+    let routes = [
+        ("direct response", "/v1/direct/chat"),
+        ("proxied", "/v1/proxied/chat"),
+    ];
+    let mut script_paths = Vec::new();
+    for (i, (_, path)) in routes.iter().enumerate() {
+        let file = scripts.join(format!("route-{i}.lua"));
+        std::fs::write(&file, wrk_script(path))?;
+        script_paths.push(file);
+    }
+
+    // Rounds interleave the configurations so that drift in the machine's
+    // load spreads over all of them alike.
+    let mut results: BTreeMap<(usize, usize), Vec<WrkResult>> = BTreeMap::new();
+    for round in 1..=options.rounds {
+        for (s, run) in running.iter().enumerate() {
+            for (r, (route, _)) in routes.iter().enumerate() {
+                let cpu_before = cpu_time(run.envoy.pid());
+                let mut result = wrk(&options, &script_paths[r], run.envoy.listener)
+                    .with_context(|| format!("'{}', {route}", run.subject.name))?;
+                result.cpu_us_per_request = (cpu_time(run.envoy.pid()) - cpu_before).as_secs_f64()
+                    * 1e6
+                    / result.requests as f64;
+                println!(
+                    "round {round}/{}  {:<45} {:<16} {:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  Envoy CPU {:>5.1} µs/req",
+                    options.rounds,
+                    run.subject.name,
+                    route,
+                    rps(&result),
+                    result.p50_us,
+                    result.p99_us,
+                    result.cpu_us_per_request
+                );
+                results.entry((s, r)).or_default().push(result);
+            }
+        }
+    }
+
+    let median_rps = |s: usize, r: usize| -> f64 {
+        let mut v: Vec<f64> = results
+            .get(&(s, r))
+            .map(|v| v.iter().map(rps).collect())
+            .unwrap_or_default();
+        median(&mut v)
+    };
+    let envoy_index = 0;
+    let floor_index = 1;
+    let mut rows = Vec::new();
+    for (r, (route, _)) in routes.iter().enumerate() {
+        for (s, run) in running.iter().enumerate() {
+            let all = results.get(&(s, r)).map(Vec::as_slice).unwrap_or_default();
+            let rps_value = median_rps(s, r);
+            rows.push(Row {
+                configuration: run.subject.name.clone(),
+                route: route.to_string(),
+                requests_per_second: rps_value,
+                p50_us: median(&mut all.iter().map(|x| x.p50_us as f64).collect::<Vec<_>>()),
+                p99_us: median(&mut all.iter().map(|x| x.p99_us as f64).collect::<Vec<_>>()),
+                cpu_us_per_request: median(
+                    &mut all.iter().map(|x| x.cpu_us_per_request).collect::<Vec<_>>(),
+                ),
+                peak_rss_mib: peak_rss_mib(run.envoy.pid()),
+                ratio_to_envoy: rps_value / median_rps(envoy_index, r),
+                ratio_to_floor: rps_value / median_rps(floor_index, r),
+                rounds: all.iter().map(rps).collect(),
+            });
+        }
+    }
+
+    let mut decision_cache = BTreeMap::new();
+    for run in &running {
+        if let Filter::Celroute { .. } = run.subject.filter {
+            let stats = run.envoy.stats("decision_cache")?;
+            let get = |suffix: &str| {
+                stats
+                    .iter()
+                    .find(|(k, _)| k.ends_with(suffix))
+                    .map_or(0, |(_, v)| *v)
+            };
+            decision_cache.insert(
+                run.subject.name.clone(),
+                (get("decision_cache.hits"), get("decision_cache.misses")),
+            );
+        }
+    }
+
+    let report = Report {
+        date: chrono_free_date(),
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu: cpu_model(),
+        envoy: envoy_version(),
+        load: format!(
+            "wrk -t{} -c{} -d{}s, {} rounds, {MIX} distinct routed requests in turn; Envoy --concurrency 1; all on loopback",
+            options.threads, options.connections, options.duration, options.rounds
+        ),
+        rows,
+        startup: running
+            .iter()
+            .map(|r| Startup {
+                configuration: r.subject.name.clone(),
+                first_routed_response_ms: r.started.as_secs_f64() * 1000.0,
+            })
+            .collect(),
+        celroute_wasm_bytes: std::fs::metadata(wasm_dir.join("celroute.wasm"))?.len(),
+        decision_cache,
+    };
+    let markdown = markdown(&report);
+    println!("\n{markdown}");
+    std::fs::write(options.out.join("results.md"), &markdown)?;
+    std::fs::write(
+        options.out.join("results.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    println!(
+        "written: {} and results.json",
+        options.out.join("results.md").display()
+    );
+    drop(running);
+    drop(upstream);
+    Ok(())
+}
+
+fn rps(result: &WrkResult) -> f64 {
+    result.requests as f64 / (result.duration_us.max(1) as f64 / 1e6)
+}
+
+/// Before measuring: Lua and celroute must make the same decision for every
+/// request (routed and denied), and every configuration must answer the mix.
+fn check_same_decisions(running: &[Running]) -> Result<()> {
+    let mut requests = bench::routed_requests(MIX);
+    requests.extend(bench::denied_requests());
+    let mut checked = 0;
+    for lua in running {
+        let Filter::Lua { rules } = lua.subject.filter else {
+            continue;
+        };
+        for cel in running {
+            let Filter::Celroute {
+                rules: cel_rules, ..
+            } = cel.subject.filter
+            else {
+                continue;
+            };
+            if cel_rules != rules {
+                continue;
+            }
+            for headers in &requests {
+                let a = probe(&lua.envoy, "/v1/direct/chat", headers)?;
+                let b = probe(&cel.envoy, "/v1/direct/chat", headers)?;
+                if a != b {
+                    bail!(
+                        "'{}' and '{}' decide {headers:?} differently: {a:?} vs {b:?}",
+                        lua.subject.name,
+                        cel.subject.name
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    if checked == 0 {
+        println!("no Lua/celroute pair of the same size to compare");
+        return Ok(());
+    }
+    println!("Lua and celroute agree on {checked} decisions (routed and denied requests)");
+    Ok(())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn envoy_version() -> String {
+    celroute_tests::envoy::binary()
+        .ok()
+        .and_then(|bin| Command::new(bin).arg("--version").output().ok())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .and_then(|v| {
+            let build = v.split("version:").nth(1)?.split_whitespace().next()?;
+            build
+                .split('/')
+                .nth(1)
+                .map(|version| format!("Envoy {version}"))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Today's date (UTC) as YYYY-MM-DD, from `date`.
+fn chrono_free_date() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn markdown(report: &Report) -> String {
+    let mut out = format!(
+        "Measured {} on {} cores ({}), {}; {}.\n\n",
+        report.date, report.cores, report.cpu, report.envoy, report.load
+    );
+    out.push_str("| configuration | route | req/s | p50 | p99 | Envoy CPU per request | Envoy peak RSS | ratio to Envoy alone | ratio to header-only floor |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for row in &report.rows {
+        out.push_str(&format!(
+            "| {} | {} | {:.0} | {:.0} µs | {:.0} µs | {:.1} µs | {} | {:.2} | {:.2} |\n",
+            row.configuration,
+            row.route,
+            row.requests_per_second,
+            row.p50_us,
+            row.p99_us,
+            row.cpu_us_per_request,
+            row.peak_rss_mib
+                .map_or("?".to_string(), |m| format!("{m:.0} MiB")),
+            row.ratio_to_envoy,
+            row.ratio_to_floor
+        ));
+    }
+    out.push_str(&format!(
+        "\ncelroute.wasm: {} bytes. Start to first routed response: ",
+        report.celroute_wasm_bytes
+    ));
+    let starts: Vec<String> = report
+        .startup
+        .iter()
+        .map(|s| format!("{} {:.0} ms", s.configuration, s.first_routed_response_ms))
+        .collect();
+    out.push_str(&starts.join("; "));
+    out.push_str(".\n");
+    if !report.decision_cache.is_empty() {
+        let caches: Vec<String> = report
+            .decision_cache
+            .iter()
+            .map(|(name, (hits, misses))| format!("{name}: {hits} hits, {misses} misses"))
+            .collect();
+        out.push_str(&format!("Decision cache: {}.\n", caches.join("; ")));
+    }
+    out
+}

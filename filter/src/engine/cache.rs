@@ -19,6 +19,10 @@ use super::decide::Decision;
 
 /// Entries kept when the policy does not say (`options.decision_cache_size`).
 pub const DEFAULT_DECISION_CACHE_SIZE: usize = 1024;
+/// Requests whose read values are longer than this are decided without the
+/// cache, so that its memory stays bounded (about 2 MiB at the default size)
+/// whatever clients send.
+pub const MAX_KEY_BYTES: usize = 2048;
 
 pub(crate) struct DecisionCache {
     state: Mutex<State>,
@@ -66,6 +70,10 @@ impl DecisionCache {
         };
         let State { entries, key } = &mut *state;
         fetched.key(key);
+        if key.len() > MAX_KEY_BYTES {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return Arc::new(decide(fetched));
+        }
         if let Some(decision) = entries.get(key.as_slice()) {
             self.hits.fetch_add(1, Ordering::Relaxed);
             return decision.clone();

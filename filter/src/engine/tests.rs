@@ -604,6 +604,12 @@ fn decision_cache_keeps_at_most_its_size() {
     assert_eq!(p.decision_cache_stats(), CacheStats { hits: 0, misses: 4 });
     p.decide(&mut TestHost::with_headers(&[("x-n", "1")]), false);
     assert_eq!(p.decision_cache_stats().hits, 1);
+    // Long values are decided without being kept.
+    let long = "x".repeat(4096);
+    for _ in 0..3 {
+        p.decide(&mut TestHost::with_headers(&[("x-n", &long)]), false);
+    }
+    assert_eq!(p.decision_cache_stats(), CacheStats { hits: 1, misses: 7 });
 }
 
 #[test]

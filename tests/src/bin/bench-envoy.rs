@@ -45,8 +45,8 @@ struct Options {
 
 fn options() -> Result<Options> {
     let mut o = Options {
-        duration: 5,
-        rounds: 3,
+        duration: 2,
+        rounds: 9,
         connections: 50,
         threads: 1,
         out: repo_root().join("target/bench-envoy"),
@@ -63,7 +63,7 @@ fn options() -> Result<Options> {
             "--out" => o.out = PathBuf::from(value()?),
             "--only" => o.only.push(value()?),
             "-h" | "--help" => {
-                println!("bench-envoy [--duration SECS=5] [--rounds N=3] [--connections N=50] [--threads N=1] [--out DIR=target/bench-envoy] [--only NAME-PART]...");
+                println!("bench-envoy [--duration SECS=2] [--rounds N=9] [--connections N=50] [--threads N=1] [--out DIR=target/bench-envoy] [--only NAME-PART]...");
                 std::process::exit(0);
             }
             other => bail!("unknown argument '{other}' (see --help)"),
@@ -263,16 +263,24 @@ fn upstream_config() -> Result<Config> {
     })
 }
 
-/// One request on a fresh connection: status and the cluster the route saw.
-fn probe(envoy: &Envoy, path: &str, headers: &[(String, String)]) -> Result<(u16, String)> {
+/// One request on a fresh connection: status, the cluster the route saw, and
+/// the body (as JSON when it is JSON, so that key order does not matter).
+fn probe(
+    envoy: &Envoy,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<(u16, String, serde_json::Value)> {
     let headers: Vec<(&str, &[u8])> = headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_bytes()))
         .collect();
     let reply = Connection::open(envoy.listener)?.send("GET", path, &headers, b"")?;
+    let body = serde_json::from_str(&reply.body)
+        .unwrap_or_else(|_| serde_json::Value::String(reply.body.clone()));
     Ok((
         reply.status,
         reply.header("x-chosen").unwrap_or_default().to_string(),
+        body,
     ))
 }
 
@@ -485,7 +493,7 @@ fn main() -> Result<()> {
         let envoy =
             Envoy::start(&config).with_context(|| format!("starting '{}'", subject.name))?;
         // Start-up ends with the first response routed through the filter.
-        let (status, _) = probe(&envoy, "/v1/proxied/chat", &bench::routed_requests(1)[0])?;
+        let (status, _, _) = probe(&envoy, "/v1/proxied/chat", &bench::routed_requests(1)[0])?;
         let started = begin.elapsed();
         pin(envoy.pid(), ENVOY_CPU)?;
         if status != 200 {

@@ -30,11 +30,11 @@ lint: setup
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p celroute --target wasm32-wasip1 -- -D warnings
 
-# Build the workspace's binaries once, then run them directly (a `cargo run -p`
-# per binary would resolve features per package and rebuild dependencies).
+# `cargo test` also builds the workspace's binaries (the integration tests
+# run them); run them directly afterwards (a `cargo run -p` per binary would
+# resolve features per package and rebuild dependencies).
 test: lint wasm
 	cargo test --workspace
-	cargo build -q --workspace --bins
 	target/debug/policy-host test policies --coverage --threshold 100
 	target/debug/demo --once
 

@@ -145,8 +145,6 @@ fn wasm_filter(name: &str, code: &Path, configuration: &str) -> serde_json::Valu
 }
 
 fn envoy_config(filter: &Filter, upstream: u16, wasm_dir: &Path) -> Result<Config> {
-    let listener_port = free_port()?;
-    let admin_port = free_port()?;
     let mut http_filters = Vec::new();
     match filter {
         Filter::None => {}
@@ -168,10 +166,6 @@ fn envoy_config(filter: &Filter, upstream: u16, wasm_dir: &Path) -> Result<Confi
             &bench::policy_yaml(*rules, (!cache).then_some(0)),
         )),
     }
-    http_filters.push(json!({
-        "name": "envoy.filters.http.router",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-    }));
     // Without a filter there is no routing header: proxy to one cluster.
     let proxied = match filter {
         Filter::None => json!({"cluster": "cluster-0"}),
@@ -190,29 +184,43 @@ fn envoy_config(filter: &Filter, upstream: u16, wasm_dir: &Path) -> Result<Confi
             })
         })
         .collect();
+    let routes = json!([
+        {
+            "match": {"prefix": "/v1/direct"},
+            "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
+            "response_headers_to_add": [{"header": {"key": "x-chosen", "value": format!("%REQ({ROUTING_HEADER})%")}}],
+        },
+        {"match": {"prefix": "/v1/proxied"}, "route": proxied},
+    ]);
+    listener_config("bench", routes, http_filters, clusters)
+}
+
+/// An Envoy config with one HTTP listener on a free loopback port (and a
+/// free admin port): `routes` in one virtual host, `http_filters` then the router.
+fn listener_config(
+    name: &str,
+    routes: serde_json::Value,
+    mut http_filters: Vec<serde_json::Value>,
+    clusters: Vec<serde_json::Value>,
+) -> Result<Config> {
+    let listener_port = free_port()?;
+    let admin_port = free_port()?;
+    http_filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    }));
     let config = json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {
             "listeners": [{
-                "name": "bench",
+                "name": name,
                 "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener_port}},
                 "filter_chains": [{"filters": [{
                     "name": "envoy.filters.network.http_connection_manager",
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": "bench",
-                        "route_config": {"virtual_hosts": [{
-                            "name": "bench",
-                            "domains": ["*"],
-                            "routes": [
-                                {
-                                    "match": {"prefix": "/v1/direct"},
-                                    "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
-                                    "response_headers_to_add": [{"header": {"key": "x-chosen", "value": format!("%REQ({ROUTING_HEADER})%")}}],
-                                },
-                                {"match": {"prefix": "/v1/proxied"}, "route": proxied},
-                            ],
-                        }]},
+                        "stat_prefix": name,
+                        "route_config": {"virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}]},
                         "http_filters": http_filters,
                     },
                 }]}],
@@ -230,37 +238,8 @@ fn envoy_config(filter: &Filter, upstream: u16, wasm_dir: &Path) -> Result<Confi
 
 /// The upstream of the proxied route: an Envoy answering every request itself.
 fn upstream_config() -> Result<Config> {
-    let listener_port = free_port()?;
-    let admin_port = free_port()?;
-    let config = json!({
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {"listeners": [{
-            "name": "upstream",
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener_port}},
-            "filter_chains": [{"filters": [{
-                "name": "envoy.filters.network.http_connection_manager",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                    "stat_prefix": "upstream",
-                    "route_config": {"virtual_hosts": [{
-                        "name": "upstream",
-                        "domains": ["*"],
-                        "routes": [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "upstream ok"}}}],
-                    }]},
-                    "http_filters": [{
-                        "name": "envoy.filters.http.router",
-                        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-                    }],
-                },
-            }]}],
-        }]},
-    });
-    Ok(Config {
-        yaml: serde_yaml::to_value(&config)?,
-        listener_port,
-        admin_port,
-        ipv6: false,
-    })
+    let routes = json!([{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "upstream ok"}}}]);
+    listener_config("upstream", routes, Vec::new(), Vec::new())
 }
 
 /// One request on a fresh connection: status, the cluster the route saw, and

@@ -2,6 +2,7 @@
 //! `celroute.wasm`, and a small HTTP client, all on loopback.
 
 pub mod bench;
+pub mod bench_envoy;
 pub mod clouds;
 pub mod envoy;
 pub mod http;

@@ -18,14 +18,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use celroute_tests::bench::{self, CLUSTERS};
-use celroute_tests::envoy::{free_port, Config, Envoy};
-use celroute_tests::http::Connection;
+use celroute_tests::bench;
+use celroute_tests::bench_envoy::{envoy_config, probe, same_decisions, upstream_config, Filter};
+use celroute_tests::envoy::Envoy;
 use celroute_tests::repo_root;
 use serde::Serialize;
-use serde_json::json;
 
-const ROUTING_HEADER: &str = "x-celroute-cluster";
 /// CPUs: Envoy under test on one, the load and the upstream on another, so
 /// that they do not take turns on the same core.
 const ENVOY_CPU: &str = "1";
@@ -75,15 +73,6 @@ fn options() -> Result<Options> {
     Ok(o)
 }
 
-/// What runs in Envoy's filter chain.
-#[derive(Clone)]
-enum Filter {
-    None,
-    HeaderOnly,
-    Lua { rules: usize },
-    Celroute { rules: usize, cache: bool },
-}
-
 struct Subject {
     name: String,
     filter: Filter,
@@ -120,147 +109,6 @@ fn subjects() -> Vec<Subject> {
         },
     });
     out
-}
-
-fn wasm_filter(name: &str, code: &Path, configuration: &str) -> serde_json::Value {
-    json!({
-        "name": name,
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": name,
-                "root_id": name,
-                "vm_config": {
-                    "vm_id": name,
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": code.display().to_string()}},
-                },
-                "configuration": {
-                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": configuration,
-                },
-            },
-        },
-    })
-}
-
-fn envoy_config(filter: &Filter, upstream: u16, wasm_dir: &Path) -> Result<Config> {
-    let mut http_filters = Vec::new();
-    match filter {
-        Filter::None => {}
-        Filter::HeaderOnly => http_filters.push(wasm_filter(
-            "header_only",
-            &wasm_dir.join("header_only.wasm"),
-            "",
-        )),
-        Filter::Lua { rules } => http_filters.push(json!({
-            "name": "envoy.filters.http.lua",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {"inline_string": bench::lua(*rules, ROUTING_HEADER)},
-            },
-        })),
-        Filter::Celroute { rules, cache } => http_filters.push(wasm_filter(
-            "celroute",
-            &wasm_dir.join("celroute.wasm"),
-            &bench::policy_yaml(*rules, (!cache).then_some(0)),
-        )),
-    }
-    // Without a filter there is no routing header: proxy to one cluster.
-    let proxied = match filter {
-        Filter::None => json!({"cluster": "cluster-0"}),
-        _ => json!({"cluster_header": ROUTING_HEADER}),
-    };
-    let clusters: Vec<_> = (0..CLUSTERS)
-        .map(|i| {
-            json!({
-                "name": bench::cluster(i).0,
-                "connect_timeout": "1s",
-                "type": "STATIC",
-                "load_assignment": {
-                    "cluster_name": bench::cluster(i).0,
-                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream}}}}]}],
-                },
-            })
-        })
-        .collect();
-    let routes = json!([
-        {
-            "match": {"prefix": "/v1/direct"},
-            "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
-            "response_headers_to_add": [{"header": {"key": "x-chosen", "value": format!("%REQ({ROUTING_HEADER})%")}}],
-        },
-        {"match": {"prefix": "/v1/proxied"}, "route": proxied},
-    ]);
-    listener_config("bench", routes, http_filters, clusters)
-}
-
-/// An Envoy config with one HTTP listener on a free loopback port (and a
-/// free admin port): `routes` in one virtual host, `http_filters` then the router.
-fn listener_config(
-    name: &str,
-    routes: serde_json::Value,
-    mut http_filters: Vec<serde_json::Value>,
-    clusters: Vec<serde_json::Value>,
-) -> Result<Config> {
-    let listener_port = free_port()?;
-    let admin_port = free_port()?;
-    http_filters.push(json!({
-        "name": "envoy.filters.http.router",
-        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-    }));
-    let config = json!({
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
-        "static_resources": {
-            "listeners": [{
-                "name": name,
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener_port}},
-                "filter_chains": [{"filters": [{
-                    "name": "envoy.filters.network.http_connection_manager",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                        "stat_prefix": name,
-                        "route_config": {"virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}]},
-                        "http_filters": http_filters,
-                    },
-                }]}],
-            }],
-            "clusters": clusters,
-        },
-    });
-    Ok(Config {
-        yaml: serde_yaml::to_value(&config)?,
-        listener_port,
-        admin_port,
-        ipv6: false,
-    })
-}
-
-/// The upstream of the proxied route: an Envoy answering every request itself.
-fn upstream_config() -> Result<Config> {
-    let routes = json!([{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "upstream ok"}}}]);
-    listener_config("upstream", routes, Vec::new(), Vec::new())
-}
-
-/// One request on a fresh connection: status, the cluster the route saw, and
-/// the body (as JSON when it is JSON, so that key order does not matter).
-fn probe(
-    envoy: &Envoy,
-    path: &str,
-    headers: &[(String, String)],
-) -> Result<(u16, String, serde_json::Value)> {
-    let headers: Vec<(&str, &[u8])> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_bytes()))
-        .collect();
-    let reply = Connection::open(envoy.listener)?.send("GET", path, &headers, b"")?;
-    let body = serde_json::from_str(&reply.body)
-        .unwrap_or_else(|_| serde_json::Value::String(reply.body.clone()));
-    Ok((
-        reply.status,
-        reply.header("x-chosen").unwrap_or_default().to_string(),
-        body,
-    ))
 }
 
 /// The wrk script: cycles through the request mix on `path`, prints one JSON line.
@@ -631,34 +479,22 @@ fn check_same_decisions(running: &[Running]) -> Result<()> {
             continue;
         };
         for cel in running {
-            let Filter::Celroute {
-                rules: cel_rules, ..
-            } = cel.subject.filter
-            else {
-                continue;
-            };
-            if cel_rules != rules {
-                continue;
-            }
-            for headers in &requests {
-                let a = probe(&lua.envoy, "/v1/direct/chat", headers)?;
-                let b = probe(&cel.envoy, "/v1/direct/chat", headers)?;
-                if a != b {
-                    bail!(
-                        "'{}' and '{}' decide {headers:?} differently: {a:?} vs {b:?}",
-                        lua.subject.name,
-                        cel.subject.name
-                    );
+            if let Filter::Celroute { rules: r, .. } = cel.subject.filter {
+                if r == rules {
+                    checked += same_decisions(
+                        (&lua.subject.name, &lua.envoy),
+                        (&cel.subject.name, &cel.envoy),
+                        &requests,
+                    )?;
                 }
-                checked += 1;
             }
         }
     }
     if checked == 0 {
         println!("no Lua/celroute pair of the same size to compare");
-        return Ok(());
+    } else {
+        println!("Lua and celroute agree on {checked} decisions (routed and denied requests)");
     }
-    println!("Lua and celroute agree on {checked} decisions (routed and denied requests)");
     Ok(())
 }
 

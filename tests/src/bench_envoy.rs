@@ -1,0 +1,183 @@
+//! The Envoy side of the benchmark: configurations with each filter under
+//! comparison (none, the header-only floor, Lua, celroute) on loopback, the
+//! upstream of their proxied route, and the check that two of them decide
+//! alike. Used by `bench-envoy` and by the tests.
+
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use serde_json::json;
+
+use crate::bench::{self, CLUSTERS};
+use crate::envoy::{free_port, Config, Envoy};
+use crate::http::Connection;
+
+pub const ROUTING_HEADER: &str = "x-celroute-cluster";
+
+/// What runs in Envoy's filter chain.
+#[derive(Clone, Debug)]
+pub enum Filter {
+    None,
+    HeaderOnly,
+    Lua { rules: usize },
+    Celroute { rules: usize, cache: bool },
+}
+
+fn wasm_filter(name: &str, code: &Path, configuration: &str) -> serde_json::Value {
+    json!({
+        "name": name,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "root_id": name,
+                "vm_config": {
+                    "vm_id": name,
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": code.display().to_string()}},
+                },
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": configuration,
+                },
+            },
+        },
+    })
+}
+
+pub fn envoy_config(filter: &Filter, upstream: u16, wasm_dir: &Path) -> Result<Config> {
+    let mut http_filters = Vec::new();
+    match filter {
+        Filter::None => {}
+        Filter::HeaderOnly => http_filters.push(wasm_filter(
+            "header_only",
+            &wasm_dir.join("header_only.wasm"),
+            "",
+        )),
+        Filter::Lua { rules } => http_filters.push(json!({
+            "name": "envoy.filters.http.lua",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": bench::lua(*rules, ROUTING_HEADER)},
+            },
+        })),
+        Filter::Celroute { rules, cache } => http_filters.push(wasm_filter(
+            "celroute",
+            &wasm_dir.join("celroute.wasm"),
+            &bench::policy_yaml(*rules, (!cache).then_some(0)),
+        )),
+    }
+    // Without a filter there is no routing header: proxy to one cluster.
+    let proxied = match filter {
+        Filter::None => json!({"cluster": "cluster-0"}),
+        _ => json!({"cluster_header": ROUTING_HEADER}),
+    };
+    let clusters: Vec<_> = (0..CLUSTERS)
+        .map(|i| {
+            json!({
+                "name": bench::cluster(i).0,
+                "connect_timeout": "1s",
+                "type": "STATIC",
+                "load_assignment": {
+                    "cluster_name": bench::cluster(i).0,
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": upstream}}}}]}],
+                },
+            })
+        })
+        .collect();
+    let routes = json!([
+        {
+            "match": {"prefix": "/v1/direct"},
+            "direct_response": {"status": 200, "body": {"inline_string": "ok"}},
+            "response_headers_to_add": [{"header": {"key": "x-chosen", "value": format!("%REQ({ROUTING_HEADER})%")}}],
+        },
+        {"match": {"prefix": "/v1/proxied"}, "route": proxied},
+    ]);
+    listener_config("bench", routes, http_filters, clusters)
+}
+
+/// An Envoy config with one HTTP listener on a free loopback port (and a
+/// free admin port): `routes` in one virtual host, `http_filters` then the router.
+fn listener_config(
+    name: &str,
+    routes: serde_json::Value,
+    mut http_filters: Vec<serde_json::Value>,
+    clusters: Vec<serde_json::Value>,
+) -> Result<Config> {
+    let listener_port = free_port()?;
+    let admin_port = free_port()?;
+    http_filters.push(json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    }));
+    let config = json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [{
+                "name": name,
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener_port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": name,
+                        "route_config": {"virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}]},
+                        "http_filters": http_filters,
+                    },
+                }]}],
+            }],
+            "clusters": clusters,
+        },
+    });
+    Ok(Config {
+        yaml: serde_yaml::to_value(&config)?,
+        listener_port,
+        admin_port,
+        ipv6: false,
+    })
+}
+
+/// The upstream of the proxied route: an Envoy answering every request itself.
+pub fn upstream_config() -> Result<Config> {
+    let routes = json!([{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "upstream ok"}}}]);
+    listener_config("upstream", routes, Vec::new(), Vec::new())
+}
+
+/// One request on a fresh connection: status, the cluster the route saw, and
+/// the body (as JSON when it is JSON, so that key order does not matter).
+pub fn probe(
+    envoy: &Envoy,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<(u16, String, serde_json::Value)> {
+    let headers: Vec<(&str, &[u8])> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
+        .collect();
+    let reply = Connection::open(envoy.listener)?.send("GET", path, &headers, b"")?;
+    let body = serde_json::from_str(&reply.body)
+        .unwrap_or_else(|_| serde_json::Value::String(reply.body.clone()));
+    Ok((
+        reply.status,
+        reply.header("x-chosen").unwrap_or_default().to_string(),
+        body,
+    ))
+}
+
+/// Sends every request in `requests` to both Envoys (direct-response route)
+/// and fails on the first one they answer differently: status, chosen
+/// cluster or body. Returns how many were compared.
+pub fn same_decisions(
+    (a_name, a): (&str, &Envoy),
+    (b_name, b): (&str, &Envoy),
+    requests: &[Vec<(String, String)>],
+) -> Result<usize> {
+    for headers in requests {
+        let x = probe(a, "/v1/direct/chat", headers)?;
+        let y = probe(b, "/v1/direct/chat", headers)?;
+        if x != y {
+            bail!("'{a_name}' and '{b_name}' decide {headers:?} differently: {x:?} vs {y:?}");
+        }
+    }
+    Ok(requests.len())
+}

@@ -89,6 +89,8 @@ pub(crate) struct Expression {
     /// For a per-cluster expression (`require`, `order_by`) that reads no
     /// request attribute: its result for each cluster, evaluated once at load.
     pub(crate) per_cluster: Option<Vec<Result<Value, cel::ExecutionError>>>,
+    /// For a `when`: the same condition evaluated without the interpreter.
+    pub(crate) fast: Option<super::fast::Fast>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -658,10 +660,15 @@ fn compile_expression(
         }
         None => {}
     }
+    let fast = match field {
+        Field::When => super::fast::Fast::recognise(program.expression()),
+        Field::Require | Field::OrderBy => None,
+    };
     Ok(Expression {
         program,
         request_independent,
         per_cluster: None,
+        fast,
     })
 }
 

@@ -138,6 +138,7 @@ impl Policy {
         }
         let mut run = Run {
             policy: self,
+            attributes,
             inventory: &inventory,
             context: &context,
             errors: Vec::new(),
@@ -148,6 +149,19 @@ impl Policy {
 }
 
 impl Policy {
+    /// The same policy with every `when` left to the interpreter, and how
+    /// many fast paths it had: the reference the fast paths are tested against.
+    #[cfg(test)]
+    pub(crate) fn without_fast_paths(mut self) -> (Policy, usize) {
+        let mut removed = 0;
+        for rule in &mut self.rules {
+            if let Some(when) = &mut rule.when {
+                removed += usize::from(when.fast.take().is_some());
+            }
+        }
+        (self, removed)
+    }
+
     /// Evaluates, for every cluster, each `require` and `order_by` that reads
     /// no request attribute: their results cannot change per request.
     pub(crate) fn precompute_per_cluster(&mut self) {
@@ -208,6 +222,7 @@ impl VariableResolver for Inventory<'_> {
 
 struct Run<'a> {
     policy: &'a Policy,
+    attributes: &'a Attributes,
     inventory: &'a Inventory<'a>,
     context: &'a Context<'a, 'a>,
     errors: Vec<String>,
@@ -350,6 +365,9 @@ impl Run<'_> {
         step_errors: &mut Vec<String>,
     ) -> bool {
         let Some(when) = when else { return true };
+        if let Some(value) = when.fast.as_ref().and_then(|f| f.eval(self.attributes)) {
+            return value;
+        }
         let problem = match when.program.execute(self.context) {
             Ok(Value::Bool(b)) => return b,
             Ok(other) => format!("returned {} where a bool is needed", other.type_of()),

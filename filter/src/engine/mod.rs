@@ -11,6 +11,7 @@ mod compile;
 mod decide;
 mod document;
 mod error;
+mod fast;
 
 pub use attributes::{AttributeHost, AttributeNeeds, Attributes};
 pub use cache::{CacheStats, DEFAULT_DECISION_CACHE_SIZE};

@@ -631,3 +631,114 @@ fn decision_cache_is_off_for_per_request_attributes() {
     let e = errors_of("clusters: {a: {}}\noptions: {decision_cache_size: 100000000}\n");
     assert!(e.contains("options.decision_cache_size"), "{e}");
 }
+
+/// Requests that exercise present, absent, empty, odd and repeated values.
+fn variants() -> Vec<TestHost> {
+    let headers: [&[(&str, &str)]; 9] = [
+        &[],
+        &[("x-tenant", "acme"), ("x-user-region", "eu")],
+        &[("x-tenant", ""), ("x-user-region", "")],
+        &[("x-tenant", "blocked-3"), ("x-model", "model-4-large")],
+        &[
+            ("x-model", "gpt-4o"),
+            ("x-task", "reasoning"),
+            ("x-user-region", "us"),
+        ],
+        &[
+            ("x-task", "task-5"),
+            ("x-tenant", "t"),
+            ("x-model", "é-model"),
+        ],
+        &[("x-user-region", "eu"), ("x-user-region", "us")],
+        &[("x-cheap", "1"), ("x-priority", "latency")],
+        &[
+            ("x-tenant", "acme"),
+            ("x-task", "embeddings"),
+            ("x-priority", "cost"),
+        ],
+    ];
+    let mut out = Vec::new();
+    for (i, h) in headers.iter().enumerate() {
+        let mut host = TestHost::with_headers(h);
+        match i % 3 {
+            0 => host = host.property("request.url_path", b"/v1/chat/completions"),
+            1 => host = host.property("request.url_path", b"/healthz"),
+            _ => {} // absent: the interpreter errors, the fast path must defer
+        }
+        if i % 2 == 0 {
+            host = host.property("request.method", b"POST");
+        }
+        out.push(host);
+    }
+    out
+}
+
+#[test]
+fn fast_paths_decide_exactly_as_the_interpreter() {
+    let whens = [
+        "request.headers[?'x-user-region'].orValue('') == 'eu'",
+        "'eu' == request.headers[?'x-user-region'].orValue('')",
+        "request.headers[?'x-user-region'].orValue('none') != 'eu'",
+        "!('x-tenant' in request.headers)",
+        "'x-tenant' in request.headers && request.headers['x-tenant'] == ''",
+        "request.headers['x-tenant'] == 'acme'",
+        "request.headers['x-tenant'].startsWith('blocked-') || request.headers[?'x-task'].orValue('') == 'reasoning'",
+        "request.headers[?'x-model'].orValue('').startsWith('model-4')",
+        "request.headers[?'x-model'].orValue('').endsWith('-large') && request.url_path.startsWith('/v1/')",
+        "request.headers[?'x-model'].orValue('').contains('model')",
+        "request.url_path.startsWith('/v1/') || request.headers[?'x-cheap'].orValue('') == '1'",
+        "request.url_path == '/healthz' && !('x-cheap' in request.headers)",
+        "request.method == 'POST' && request.headers[?'x-priority'].orValue('') != 'latency'",
+        "!(request.url_path.startsWith('/v1/') && request.headers['x-model'] == 'gpt-4o')",
+        "true && request.headers[?'x-task'].orValue('') == 'task-5'",
+        "false || 'x-priority' in request.headers",
+        // Not recognised: left to the interpreter whatever the request.
+        "size(request.headers) > 2",
+        "request.headers[?'x-model'].orValue('').matches('^gpt-')",
+    ];
+    let mut recognised = 0;
+    for when in whens {
+        for action in [
+            "prefer: [b]",
+            "deny: {status: 403}",
+            "require: cluster.name == 'b'",
+        ] {
+            let text = format!(
+                "clusters: {{a: {{}}, b: {{}}}}\nrules:\n  - {{name: r, when: \"{when}\", {action}}}\noptions: {{decision_cache_size: 0}}\n"
+            );
+            let fast = load(&text);
+            let (interpreted, removed) = load(&text).without_fast_paths();
+            recognised += removed;
+            for (i, host) in variants().into_iter().enumerate() {
+                let mut a = TestHost {
+                    headers: host.headers.clone(),
+                    properties: host.properties.clone(),
+                    lookups: Vec::new(),
+                };
+                let mut b = host;
+                let x = fast.decide(&mut a, true);
+                let y = interpreted.decide(&mut b, true);
+                assert_eq!(x, y, "`{when}` with {action}, request {i}");
+            }
+        }
+    }
+    // 16 of the 18 conditions, each under three actions.
+    assert_eq!(recognised, 16 * 3);
+
+    // The shipped policies decide alike with and without fast paths.
+    let mut shipped = 0;
+    for text in [
+        include_str!("../../../policies/eu-residency-cost.yaml"),
+        include_str!("../../../policies/task-specialization.yaml"),
+        include_str!("../../../policies/active-passive.yaml"),
+    ] {
+        let fast = load(text);
+        let (interpreted, removed) = load(text).without_fast_paths();
+        shipped += removed;
+        for (mut a, mut b) in variants().into_iter().zip(variants()) {
+            assert_eq!(fast.decide(&mut a, true), interpreted.decide(&mut b, true));
+        }
+    }
+    // All four of eu-residency-cost's and two of task-specialization's.
+    assert_eq!(shipped, 6);
+}

@@ -15,6 +15,7 @@
 //! `deny` applies the rule; an error in the `when` of a selection rule, or in
 //! an `order_by` key, skips that rule or cluster.
 
+use std::cell::OnceCell;
 use std::cmp::Ordering;
 use std::sync::Arc;
 
@@ -128,19 +129,11 @@ impl Policy {
             policy: self,
             current: AtomicUsize::new(0),
         };
-        let mut context = Context::with_env(self.env.clone());
-        context.set_variable_resolver(&inventory);
-        // Bind only what the policy reads: each binding converts a value.
-        for ((root, value), bound) in ROOTS.iter().zip(&attributes.roots).zip(self.bound_roots) {
-            if bound {
-                context.add_variable_from_value(*root, value.clone());
-            }
-        }
         let mut run = Run {
             policy: self,
             attributes,
             inventory: &inventory,
-            context: &context,
+            context: OnceCell::new(),
             errors: Vec::new(),
             steps: trace.then(Vec::new),
         };
@@ -224,12 +217,33 @@ struct Run<'a> {
     policy: &'a Policy,
     attributes: &'a Attributes,
     inventory: &'a Inventory<'a>,
-    context: &'a Context<'a, 'a>,
+    /// The interpreter's context, built on first use: a decision that fast
+    /// paths and load-time results settle never needs one.
+    context: OnceCell<Context<'a, 'a>>,
     errors: Vec<String>,
     steps: Option<Vec<TraceStep>>,
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    fn context(&self) -> &Context<'a, 'a> {
+        self.context.get_or_init(|| {
+            let policy = self.policy;
+            let mut context = Context::with_env(policy.env.clone());
+            context.set_variable_resolver(self.inventory);
+            // Bind only what the policy reads: each binding converts a value.
+            for ((root, value), bound) in ROOTS
+                .iter()
+                .zip(&self.attributes.roots)
+                .zip(policy.bound_roots)
+            {
+                if bound {
+                    context.add_variable_from_value(*root, value.clone());
+                }
+            }
+            context
+        })
+    }
+
     fn decide(&mut self) -> Decision {
         let policy = self.policy;
         let mut alive: Vec<usize> = (0..policy.clusters.len()).collect();
@@ -368,7 +382,7 @@ impl Run<'_> {
         if let Some(value) = when.fast.as_ref().and_then(|f| f.eval(self.attributes)) {
             return value;
         }
-        let problem = match when.program.execute(self.context) {
+        let problem = match when.program.execute(self.context()) {
             Ok(Value::Bool(b)) => return b,
             Ok(other) => format!("returned {} where a bool is needed", other.type_of()),
             Err(e) => e.to_string(),
@@ -395,7 +409,7 @@ impl Run<'_> {
         self.inventory
             .current
             .store(cluster, AtomicOrdering::Relaxed);
-        expression.program.execute(self.context)
+        expression.program.execute(self.context())
     }
 
     fn order_by(

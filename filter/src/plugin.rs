@@ -275,11 +275,11 @@ struct Request {
 
 /// Request attributes from the proxy, counting each host call.
 ///
-/// Every call into the host costs about a microsecond in V8, more than the
-/// whole decision when it comes from the cache. So the request headers come
-/// in one call, on first use, and the request attributes Envoy itself derives
-/// from pseudo-headers (`request.path`, `url_path`, `host`, `method`,
-/// `scheme`) are read from them the way Envoy computes them.
+/// A call into the host costs more in V8 than a decision from the cache, so
+/// the request headers come in one call, on first use, and the request
+/// attributes Envoy itself derives from pseudo-headers (`request.path`,
+/// `url_path`, `host`, `method`, `scheme`) are read from them the way Envoy
+/// computes them.
 struct ProxyHost {
     fetches: u64,
     headers: Option<Vec<(String, Vec<u8>)>>,

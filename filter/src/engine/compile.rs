@@ -719,8 +719,7 @@ impl Analysis<'_> {
 
     /// `request.headers`, unshadowed.
     fn is_headers(&self, e: &IdedExpr) -> bool {
-        matches!(&e.expr, Expr::Select(s) if !s.test && s.field == "headers"
-            && matches!(&s.operand.expr, Expr::Ident(root) if root == "request" && !self.bound(root)))
+        super::fast::is_headers(e) && !self.bound("request")
     }
 
     fn header_key(&mut self, id: u64, key: &IdedExpr) -> bool {

@@ -199,8 +199,9 @@ fn string_literal(e: &IdedExpr) -> Option<&str> {
     }
 }
 
-/// `request.headers`.
-fn is_headers(e: &IdedExpr) -> bool {
+/// `request.headers`, by shape: a caller inside comprehensions also checks
+/// that `request` is not a bound variable there.
+pub(crate) fn is_headers(e: &IdedExpr) -> bool {
     matches!(&e.expr, Expr::Select(s) if !s.test && s.field == "headers"
         && matches!(&s.operand.expr, Expr::Ident(root) if root == "request"))
 }

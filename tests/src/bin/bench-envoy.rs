@@ -429,7 +429,7 @@ fn main() -> Result<()> {
     }
 
     let report = Report {
-        date: chrono_free_date(),
+        date: today(),
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu: cpu_model(),
         envoy: envoy_version(),
@@ -526,7 +526,7 @@ fn envoy_version() -> String {
 }
 
 /// Today's date (UTC) as YYYY-MM-DD, from `date`.
-fn chrono_free_date() -> String {
+fn today() -> String {
     Command::new("date")
         .args(["-u", "+%Y-%m-%d"])
         .output()

@@ -186,7 +186,7 @@ fn start(
             Ok((vm, description, logs))
         }
         Err(StartError::Fault(fault)) => Err(LoadFailure::Fault(fault)),
-        Err(StartError::Rejected { logs, reports }) => {
+        Err(StartError::Rejected { logs, reports, .. }) => {
             let errors = reports
                 .iter()
                 .find(|r| r["kind"] == "rejected")

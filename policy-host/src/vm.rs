@@ -57,7 +57,18 @@ pub enum StartError {
     Rejected {
         logs: Vec<LogLine>,
         reports: Vec<serde_json::Value>,
+        /// What refusing it took.
+        spent: Spent,
     },
+}
+
+/// What a callback took of the VM: wasmtime fuel (about one unit per
+/// instruction, the same for the same module and input on any machine) and
+/// the guest's linear memory when it returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spent {
+    pub fuel: u64,
+    pub memory_bytes: u64,
 }
 
 impl std::fmt::Display for StartError {
@@ -212,10 +223,18 @@ impl FilterModule {
             .call("proxy_on_configure", &[ROOT as i32, size], CONFIGURE_FUEL)
             .map_err(StartError::Fault)?;
         if configured == Some(0) {
+            let spent = Spent {
+                fuel: CONFIGURE_FUEL.saturating_sub(vm.store.get_fuel().unwrap_or(0)),
+                memory_bytes: vm
+                    .instance
+                    .get_memory(&mut vm.store, "memory")
+                    .map_or(0, |m| m.data_size(&vm.store) as u64),
+            };
             let state = vm.store.data_mut();
             return Err(StartError::Rejected {
                 logs: std::mem::take(&mut state.logs),
                 reports: std::mem::take(&mut state.reports),
+                spent,
             });
         }
         Ok(vm)

@@ -11,12 +11,14 @@ use std::sync::Arc;
 
 use cel::common::ast::{operators, EntryExpr, Expr, IdedExpr, LiteralValue};
 use cel::objects::{Key, Map};
-use cel::{Context, Env, Program, Value};
+use cel::{Context, Env, Value};
 
 use super::attributes::{catalog_index, fields_of, AttributeNeeds, ROOTS};
 use super::cache::{CacheStats, DecisionCache};
+use super::cost::{self, Bound};
 use super::document::{PolicyDocument, RuleDocument};
 use super::error::{did_you_mean, PolicyError, PolicyErrors};
+use super::limits::{self, Limits};
 
 /// Default request header that carries the chosen cluster to Envoy.
 pub const DEFAULT_ROUTING_HEADER: &str = "x-celroute-cluster";
@@ -57,6 +59,7 @@ pub struct Policy {
     pub(crate) no_candidate_status: u16,
     pub(crate) version: String,
     pub(crate) programs: usize,
+    pub(crate) limits: Limits,
     /// Decisions by the values of the attributes read; `None` when off.
     pub(crate) cache: Option<DecisionCache>,
 }
@@ -83,7 +86,10 @@ pub(crate) enum Action {
 
 /// A compiled CEL expression.
 pub(crate) struct Expression {
-    pub(crate) program: Program,
+    /// The program as it runs: instrumented to charge the evaluation budget.
+    pub(crate) executable: cel::common::ast::IdedExpr,
+    /// Worst-case cost of one evaluation, estimated at load.
+    pub(crate) cost: u64,
     /// Reads no request attribute: its value depends only on the inventory.
     pub(crate) request_independent: bool,
     /// For a per-cluster expression (`require`, `order_by`) that reads no
@@ -113,17 +119,24 @@ impl Field {
 impl Policy {
     /// Parses, validates and compiles a policy document (YAML or JSON).
     pub fn load(text: &str) -> Result<Policy, PolicyErrors> {
+        limits::check_document_size(text)?;
         let document = PolicyDocument::parse(text)?;
         Policy::compile(document, &content_version(text))
     }
 
     /// Validates and compiles a parsed document; `version` identifies its content.
     pub fn compile(document: PolicyDocument, version: &str) -> Result<Policy, PolicyErrors> {
-        let mut errors = Vec::new();
+        let (limits, mut errors) = Limits::from_document(document.options.limits.as_ref());
+        limits::check_counts(&document, &limits, &mut errors);
+        if !errors.is_empty() {
+            // Nothing is compiled for a policy over its size limits.
+            return Err(PolicyErrors(errors));
+        }
         let env = Arc::new(policy_env());
         let known = FunctionCatalog::new(&env);
 
         let (clusters, cluster_fields) = compile_clusters(&document, &mut errors);
+        let inventory = cost_inventory(&clusters);
         let cluster_index = |name: &str| clusters.iter().position(|(n, _)| n == name);
         let cluster_names = || clusters.iter().map(|(n, _)| n.as_str());
 
@@ -135,8 +148,14 @@ impl Policy {
             let at = format!("rule '{}' (rules[{i}])", rule.name);
             check_rule_name(rule, &at, &mut seen_names, &mut errors);
             let mut compile_field = |field: Field, source: &str, errors: &mut Vec<PolicyError>| {
-                let compiled =
-                    compile_expression(&env, &known, &cluster_fields, field, source, &mut needs);
+                let scope = Scope {
+                    env: &env,
+                    known: &known,
+                    cluster_fields: &cluster_fields,
+                    inventory: &inventory,
+                    limits: &limits,
+                };
+                let compiled = compile_expression(&scope, field, source, &mut needs);
                 match compiled {
                     Ok(expression) => {
                         programs += 1;
@@ -293,14 +312,7 @@ impl Policy {
         if !errors.is_empty() {
             return Err(PolicyErrors(errors));
         }
-        let clusters_value = to_val(Value::Map(Map {
-            map: Arc::new(
-                clusters
-                    .iter()
-                    .map(|(name, value)| (Key::String(Arc::new(name.clone())), value.clone()))
-                    .collect(),
-            ),
-        }));
+        let clusters_value = to_val(clusters_map(&clusters));
         let clusters = clusters
             .into_iter()
             .map(|(name, value)| Cluster {
@@ -328,8 +340,9 @@ impl Policy {
             no_candidate_status,
             version: version.to_string(),
             programs,
+            limits,
         };
-        policy.precompute_per_cluster();
+        policy.precompute_per_cluster()?;
         Ok(policy)
     }
 
@@ -450,6 +463,7 @@ fn policy_env() -> Env {
     // simply missing and policies that use them fail to load with a clear error.
     let _ = env.add_extension(cel::extensions::strings);
     let _ = env.add_extension(cel::extensions::math);
+    let _ = super::budget::register(&mut env);
     env
 }
 
@@ -510,6 +524,40 @@ fn compile_clusters(
         clusters.push((name.clone(), Value::Map(Map { map: Arc::new(map) })));
     }
     (clusters, fields)
+}
+
+/// The inventory as CEL's `clusters`: name -> attributes.
+fn clusters_map(clusters: &[(String, Value)]) -> Value {
+    Value::Map(Map {
+        map: Arc::new(
+            clusters
+                .iter()
+                .map(|(name, value)| (Key::String(Arc::new(name.clone())), value.clone()))
+                .collect(),
+        ),
+    })
+}
+
+/// What the cost estimate knows of the inventory: the size of each field.
+fn cost_inventory(clusters: &[(String, Value)]) -> cost::Inventory {
+    let mut fields: HashMap<String, Bound> = HashMap::new();
+    let mut cluster = Bound::default();
+    for (_, value) in clusters {
+        cluster = cluster.max(Bound::of(value));
+        if let Value::Map(map) = value {
+            for (key, field) in map.map.iter() {
+                if let Key::String(name) = key {
+                    let bound = fields.entry(name.to_string()).or_default();
+                    *bound = bound.max(Bound::of(field));
+                }
+            }
+        }
+    }
+    cost::Inventory {
+        fields,
+        cluster,
+        clusters: Bound::of(&clusters_map(clusters)),
+    }
 }
 
 /// A CEL value in the interpreter's own representation.
@@ -604,26 +652,70 @@ fn unknown_cluster<'a>(
     PolicyError::new(at, format!("unknown cluster '{name}'{hint}"))
 }
 
+/// What compiling one expression needs to know of the policy around it.
+struct Scope<'a> {
+    env: &'a Arc<Env>,
+    known: &'a FunctionCatalog,
+    cluster_fields: &'a BTreeSet<String>,
+    inventory: &'a cost::Inventory,
+    limits: &'a Limits,
+}
+
+/// Longest piece of an expression quoted in an error message.
+const QUOTE_CHARS: usize = 120;
+
+/// An expression as error messages quote it: whole when short.
+fn quoted(source: &str) -> String {
+    match source.char_indices().nth(QUOTE_CHARS) {
+        Some((end, _)) => format!("`{}…` ({} bytes)", &source[..end], source.len()),
+        None => format!("`{source}`"),
+    }
+}
+
 /// Compiles one expression and records what it reads; the error names the
 /// position inside the expression and quotes it.
+///
+/// Its length and nesting are checked before the parser reads it, and its
+/// estimated cost before anything evaluates it.
 fn compile_expression(
-    env: &Arc<Env>,
-    known: &FunctionCatalog,
-    cluster_fields: &BTreeSet<String>,
+    scope: &Scope<'_>,
     field: Field,
     source: &str,
     needs: &mut AttributeNeeds,
 ) -> Result<Expression, String> {
+    let limits = scope.limits;
+    let length = source.len() as u64;
+    if length > limits.max_expression_length {
+        return Err(limits::exceeded_message(
+            &format!("the expression is {length} bytes long"),
+            limits::MAX_EXPRESSION_LENGTH,
+            limits.max_expression_length,
+        ));
+    }
+    let depth = cost::nesting_depth(source) as u64;
+    if depth > limits.max_expression_depth {
+        return Err(format!(
+            "{} in {}",
+            limits::exceeded_message(
+                &format!("the expression nests {depth} levels deep"),
+                limits::MAX_EXPRESSION_DEPTH,
+                limits.max_expression_depth,
+            ),
+            quoted(source)
+        ));
+    }
+    let (env, known, cluster_fields) = (scope.env, scope.known, scope.cluster_fields);
     let program = env.compile(source).map_err(|errors| {
         let first = errors.errors.first();
         match first {
             Some(e) => format!(
-                "syntax error at line {}, column {}: {} in `{source}`",
+                "syntax error at line {}, column {}: {} in {}",
                 e.pos.0,
                 e.pos.1 + 1,
-                e.msg
+                e.msg,
+                quoted(source)
             ),
-            None => format!("syntax error in `{source}`"),
+            None => format!("syntax error in {}", quoted(source)),
         }
     })?;
     let mut analysis = Analysis {
@@ -647,7 +739,19 @@ fn compile_expression(
             })
             .map(|(line, column)| format!(" at line {line}, column {column}"))
             .unwrap_or_default();
-        return Err(format!("{problem}{position} in `{source}`"));
+        return Err(format!("{problem}{position} in {}", quoted(source)));
+    }
+    let cost = cost::estimate(program.expression(), scope.inventory);
+    if cost > limits.max_expression_cost {
+        return Err(format!(
+            "{} in {}",
+            limits::exceeded_message(
+                &format!("the expression's worst case is estimated at {cost}"),
+                limits::MAX_EXPRESSION_COST,
+                limits.max_expression_cost,
+            ),
+            quoted(source)
+        ));
     }
     let request_independent = analysis.needs.attributes.is_empty();
     needs.attributes.extend(analysis.needs.attributes);
@@ -665,7 +769,8 @@ fn compile_expression(
         Field::Require | Field::OrderBy => None,
     };
     Ok(Expression {
-        program,
+        executable: super::budget::instrument(program.expression()),
+        cost,
         request_independent,
         per_cluster: None,
         fast,

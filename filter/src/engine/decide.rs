@@ -27,7 +27,9 @@ use cel::{Context, Value};
 use serde::{Deserialize, Serialize};
 
 use super::attributes::{AttributeHost, Attributes, Fetched, ROOTS};
+use super::budget;
 use super::compile::{Action, Expression, Policy};
+use super::error::{PolicyError, PolicyErrors};
 
 /// The outcome of one request's decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,6 +127,7 @@ impl Policy {
 
     /// Decides one request from attributes already fetched.
     pub fn decide_with(&self, attributes: &Attributes, trace: bool) -> Decision {
+        budget::start(self.limits.evaluation_budget);
         let inventory = Inventory {
             policy: self,
             current: AtomicUsize::new(0),
@@ -157,7 +160,29 @@ impl Policy {
 
     /// Evaluates, for every cluster, each `require` and `order_by` that reads
     /// no request attribute: their results cannot change per request.
-    pub(crate) fn precompute_per_cluster(&mut self) {
+    ///
+    /// All of it shares one evaluation budget; a policy whose precomputation
+    /// would spend more, by estimate or in fact, is refused.
+    pub(crate) fn precompute_per_cluster(&mut self) -> Result<(), PolicyErrors> {
+        let budget = self.limits.evaluation_budget;
+        let clusters = self.clusters.len() as u64;
+        let mut estimated: u64 = 0;
+        for (r, rule) in self.rules.iter().enumerate() {
+            if let Action::Require(e) | Action::OrderBy { key: e, .. } = &rule.action {
+                if e.request_independent {
+                    estimated = estimated.saturating_add(e.cost.saturating_mul(clusters));
+                    if estimated > budget {
+                        return Err(PolicyError::new(
+                            format!("rule '{}' (rules[{r}])", rule.name),
+                            format!(
+                                "evaluating the inventory-only expressions up to this rule for {clusters} clusters at load is estimated at {estimated}, over the evaluation budget of {budget} (options.limits.evaluation_budget)"
+                            ),
+                        )
+                        .into());
+                    }
+                }
+            }
+        }
         let mut results = Vec::new();
         {
             let inventory = Inventory {
@@ -166,6 +191,7 @@ impl Policy {
             };
             let mut context = Context::with_env(self.env.clone());
             context.set_variable_resolver(&inventory);
+            budget::start(budget);
             for (r, rule) in self.rules.iter().enumerate() {
                 let expression = match &rule.action {
                     Action::Require(e) | Action::OrderBy { key: e, .. } => e,
@@ -177,9 +203,18 @@ impl Policy {
                 let per_cluster = (0..self.clusters.len())
                     .map(|c| {
                         inventory.current.store(c, AtomicOrdering::Relaxed);
-                        expression.program.execute(&context)
+                        expression.evaluate(&context)
                     })
                     .collect::<Vec<_>>();
+                if budget::exhausted() {
+                    return Err(PolicyError::new(
+                        format!("rule '{}' (rules[{r}])", rule.name),
+                        format!(
+                            "evaluating the inventory-only expressions at load exceeded the evaluation budget of {budget} (options.limits.evaluation_budget)"
+                        ),
+                    )
+                    .into());
+                }
                 results.push((r, per_cluster));
             }
         }
@@ -188,6 +223,14 @@ impl Policy {
                 e.per_cluster = Some(per_cluster);
             }
         }
+        Ok(())
+    }
+}
+
+impl Expression {
+    /// Runs the expression, charging the evaluation budget under way.
+    pub(crate) fn evaluate(&self, context: &Context<'_, '_>) -> Result<Value, cel::ExecutionError> {
+        Value::resolve(&self.executable, context)
     }
 }
 
@@ -382,7 +425,7 @@ impl<'a> Run<'a> {
         if let Some(value) = when.fast.as_ref().and_then(|f| f.eval(self.attributes)) {
             return value;
         }
-        let problem = match when.program.execute(self.context()) {
+        let problem = match when.evaluate(self.context()) {
             Ok(Value::Bool(b)) => return b,
             Ok(other) => format!("returned {} where a bool is needed", other.type_of()),
             Err(e) => e.to_string(),
@@ -409,7 +452,7 @@ impl<'a> Run<'a> {
         self.inventory
             .current
             .store(cluster, AtomicOrdering::Relaxed);
-        expression.program.execute(self.context())
+        expression.evaluate(self.context())
     }
 
     fn order_by(

@@ -78,6 +78,27 @@ pub struct OptionsDocument {
     /// Decisions kept in the per-worker LRU decision cache; 0 turns it off.
     #[serde(default)]
     pub decision_cache_size: Option<usize>,
+    /// Raises or lowers the limits on what the policy may cost.
+    #[serde(default)]
+    pub limits: Option<LimitsDocument>,
+}
+
+/// `options.limits`: each absent key keeps its default (see `limits.rs`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsDocument {
+    #[serde(default)]
+    pub max_rules: Option<u64>,
+    #[serde(default)]
+    pub max_clusters: Option<u64>,
+    #[serde(default)]
+    pub max_expression_length: Option<u64>,
+    #[serde(default)]
+    pub max_expression_depth: Option<u64>,
+    #[serde(default)]
+    pub max_expression_cost: Option<u64>,
+    #[serde(default)]
+    pub evaluation_budget: Option<u64>,
 }
 
 impl PolicyDocument {

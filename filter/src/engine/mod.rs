@@ -6,12 +6,15 @@
 //! ```
 
 mod attributes;
+mod budget;
 mod cache;
 mod compile;
+mod cost;
 mod decide;
 mod document;
 mod error;
 mod fast;
+pub mod limits;
 
 pub use attributes::{AttributeHost, AttributeNeeds, Attributes};
 pub use cache::{CacheStats, DEFAULT_DECISION_CACHE_SIZE};
@@ -21,6 +24,9 @@ pub use compile::{
 pub use decide::{Decision, Outcome, StepResult, Trace, TraceStep};
 pub use document::PolicyDocument;
 pub use error::{PolicyError, PolicyErrors};
+pub use limits::Limits;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_limits;

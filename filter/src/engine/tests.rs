@@ -6,14 +6,14 @@ use super::*;
 
 /// A host with fixed headers and properties that records every lookup.
 #[derive(Default)]
-struct TestHost {
+pub(super) struct TestHost {
     headers: Vec<(String, Vec<u8>)>,
     properties: BTreeMap<String, Vec<u8>>,
     lookups: Vec<String>,
 }
 
 impl TestHost {
-    fn with_headers(headers: &[(&str, &str)]) -> TestHost {
+    pub(super) fn with_headers(headers: &[(&str, &str)]) -> TestHost {
         TestHost {
             headers: headers
                 .iter()

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bench_envoy;
 pub mod clouds;
+pub mod ecds;
 pub mod envoy;
 pub mod http;
 

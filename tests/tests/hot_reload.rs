@@ -4,107 +4,38 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use celroute_tests::envoy::{wasm, Envoy};
+use celroute_tests::ecds::{
+    self, policy_to, publish_options, write_policy, Live, FAILURES, RELOADS,
+};
+use celroute_tests::envoy::wasm;
 use celroute_tests::http::Connection;
 use celroute_tests::Stack;
 use policy_host::publish::{ecds_resource, publish, write_atomically, PublishOptions};
 use policy_host::vm::FilterModule;
 
-/// The ECDS stats of the celroute filter (Envoy names them by the HCM's stat prefix).
-const RELOADS: &str = "extension_config_discovery.http_filter.celroute.config_reload";
-const FAILURES: &str = "extension_config_discovery.http_filter.celroute.config_fail";
-
-fn policy_to(cluster: &str) -> String {
-    format!(
-        "name: to-{cluster}\nclusters:\n  aws-us-east-1: {{}}\n  azure-westeurope: {{}}\nrules:\n  - {{name: to-{cluster}, prefer: [{cluster}]}}\noptions:\n  decision_header: x-celroute-decision\n"
-    )
-}
-
-struct Live {
-    module: FilterModule,
-    dir: tempfile::TempDir,
-    policies: tempfile::TempDir,
-    stack: Stack,
-}
-
-impl Live {
-    /// Publishes `first`, then starts Envoy on the ECDS config watching the directory.
-    fn start(first: &str) -> Live {
-        let module = FilterModule::load(&wasm().unwrap()).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let policies = tempfile::tempdir().unwrap();
-        let path = write_policy(policies.path(), "first.yaml", first);
-        publish(&module, &path, &options(dir.path())).expect("first publish");
-        let stack = Stack::start_from("envoy-ecds.yaml", |c| c.with_ecds_dir(dir.path()))
-            .expect("Envoy with ECDS");
-        Live {
-            module,
-            dir,
-            policies,
-            stack,
-        }
-    }
-
-    fn envoy(&self) -> &Envoy {
-        &self.stack.envoy
-    }
-
-    fn publish(&self, name: &str, policy: &str) {
-        let path = write_policy(self.policies.path(), name, policy);
-        publish(&self.module, &path, &options(self.dir.path())).expect("publish");
-    }
-
-    /// Waits until Envoy has counted one more ECDS event in `stat` than `before`.
-    fn wait_for(&self, stat: &str, before: u64) {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if self.envoy().stat(stat).unwrap() > before {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        panic!(
-            "{stat} did not move past {before}:\n{}",
-            self.envoy().log_text()
-        );
-    }
-}
-
-fn write_policy(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 fn options(to: &Path) -> PublishOptions {
-    PublishOptions {
-        to: to.to_path_buf(),
-        name: "celroute".into(),
-        code: wasm().unwrap(),
-        run_tests: true,
-    }
+    publish_options(to).unwrap()
 }
 
 fn cloud_of(connection: &mut Connection) -> String {
-    let reply = connection.send("GET", "/", &[], b"").expect("request");
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.cloud().expect("a cloud answered").to_string()
+    ecds::cloud_of(connection).expect("a cloud answered")
 }
 
 #[test]
 fn a_published_policy_decides_the_next_request_on_open_and_new_connections() {
-    let live = Live::start(&policy_to("aws-us-east-1"));
+    let live = Live::start(&policy_to("aws-us-east-1")).unwrap();
     let mut kept = Connection::open(live.envoy().listener).unwrap();
     assert_eq!(cloud_of(&mut kept), "aws-us-east-1");
 
     let before = live.envoy().stat(RELOADS).unwrap();
-    live.publish("second.yaml", &policy_to("azure-westeurope"));
-    live.wait_for(RELOADS, before);
+    live.publish("second.yaml", &policy_to("azure-westeurope"))
+        .unwrap();
+    live.wait_for(RELOADS, before).unwrap();
     assert_eq!(
         cloud_of(&mut kept),
         "azure-westeurope",
@@ -139,7 +70,7 @@ fn a_published_policy_decides_the_next_request_on_open_and_new_connections() {
 
 #[test]
 fn a_bad_policy_pushed_around_the_validator_is_rejected_and_the_old_one_keeps_deciding() {
-    let live = Live::start(&policy_to("aws-us-east-1"));
+    let live = Live::start(&policy_to("aws-us-east-1")).unwrap();
     let mut kept = Connection::open(live.envoy().listener).unwrap();
     assert_eq!(cloud_of(&mut kept), "aws-us-east-1");
 
@@ -148,7 +79,7 @@ fn a_bad_policy_pushed_around_the_validator_is_rejected_and_the_old_one_keeps_de
         policy_to("azure-westeurope").replace("prefer: [azure-westeurope]", "prefer: [azure-west]");
     let resource = ecds_resource("celroute", &wasm().unwrap(), &bad, "bad");
     write_atomically(&live.dir.path().join("celroute.yaml"), resource.as_bytes()).unwrap();
-    live.wait_for(FAILURES, before);
+    live.wait_for(FAILURES, before).unwrap();
 
     assert_eq!(cloud_of(&mut kept), "aws-us-east-1");
     let mut fresh = Connection::open(live.envoy().listener).unwrap();
@@ -168,7 +99,7 @@ fn a_bad_policy_pushed_around_the_validator_is_rejected_and_the_old_one_keeps_de
 
 #[test]
 fn republishing_every_100ms_under_load_fails_no_request() {
-    let live = Live::start(&policy_to("aws-us-east-1"));
+    let live = Live::start(&policy_to("aws-us-east-1")).unwrap();
     let allowed = ["aws-us-east-1", "azure-westeurope"];
     let stop = Arc::new(AtomicBool::new(false));
     let total = Arc::new(AtomicU64::new(0));
@@ -209,7 +140,8 @@ fn republishing_every_100ms_under_load_fails_no_request() {
     let mut publishes = 0;
     while started.elapsed() < Duration::from_secs(10) {
         let target = allowed[publishes % 2];
-        live.publish(&format!("p{publishes}.yaml"), &policy_to(target));
+        live.publish(&format!("p{publishes}.yaml"), &policy_to(target))
+            .unwrap();
         publishes += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -268,7 +200,7 @@ fn a_bad_policy_at_first_start_fails_requests_and_never_honours_a_client_cluster
 
     // A good policy then goes live without a restart.
     let policies = tempfile::tempdir().unwrap();
-    let path = write_policy(policies.path(), "good.yaml", &policy_to("azure-westeurope"));
+    let path = write_policy(policies.path(), "good.yaml", &policy_to("azure-westeurope")).unwrap();
     let before = stack.envoy.stat(RELOADS).unwrap();
     publish(&module, &path, &options(dir.path())).expect("publish");
     let start = Instant::now();

@@ -6,15 +6,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
+use celroute_tests::ecds::policy_to;
 use celroute_tests::envoy::wasm;
 use celroute_tests::http::Connection;
 use celroute_tests::Stack;
 use policy_host::publish::{publish, PublishOptions};
 use policy_host::vm::FilterModule;
-
-fn policy_to(cluster: &str) -> String {
-    format!("name: to-{cluster}\nclusters:\n  aws-us-east-1: {{}}\n  azure-westeurope: {{}}\nrules:\n  - {{name: to-{cluster}, prefer: [{cluster}]}}\n")
-}
 
 fn main() -> Result<()> {
     let reloads: usize = match std::env::args().nth(1) {

@@ -335,9 +335,41 @@ impl AttributeHost for ProxyHost {
             }
             None => {
                 self.fetches += 1;
-                hostcalls::get_property(path.to_vec()).ok().flatten()
+                get_property(path)
             }
         }
+    }
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> proxy_wasm::types::Status;
+}
+
+/// A host property, telling an empty value from an absent one.
+///
+/// Envoy answers an empty value (`request.query` of a path without `?`,
+/// `connection.requested_server_name` without SNI) with `Ok` and no data,
+/// which the SDK's `get_property` reads as absent; Envoy's own CEL reads it
+/// as the empty string, and so does celroute.
+fn get_property(path: &[&str]) -> Option<Vec<u8>> {
+    let serialized = path.join("\0");
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes the address and size of a buffer it allocated
+    // with proxy_on_memory_allocate, whose ownership passes to the guest.
+    let status =
+        unsafe { proxy_get_property(serialized.as_ptr(), serialized.len(), &mut data, &mut size) };
+    match status {
+        proxy_wasm::types::Status::Ok if data.is_null() || size == 0 => Some(Vec::new()),
+        // SAFETY: as above; the buffer is `size` bytes allocated by the guest's allocator.
+        proxy_wasm::types::Status::Ok => Some(unsafe { Vec::from_raw_parts(data, size, size) }),
+        _ => None,
     }
 }
 

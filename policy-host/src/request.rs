@@ -192,7 +192,12 @@ impl Exchange {
             ["request", "query"] => {
                 self.header(":path")
                     .map(|p| match p.iter().position(|b| *b == b'?') {
-                        Some(q) => p[q + 1..].to_vec(),
+                        // As Envoy's CEL context: up to a fragment, empty without `?`.
+                        Some(q) => {
+                            let query = &p[q + 1..];
+                            let end = query.iter().position(|b| *b == b'#');
+                            query[..end.unwrap_or(query.len())].to_vec()
+                        }
                         None => Vec::new(),
                     })
             }

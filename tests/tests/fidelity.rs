@@ -136,6 +136,9 @@ rules:
   - name: empty-tenant
     when: request.headers[?'x-tenant'].orValue('none') == ''
     prefer: [onprem-fra]
+  - name: no-query
+    when: request.query == '' && request.url_path == '/no-query'
+    prefer: [gcp-europe-west4]
   - name: eu-query
     when: request.query.contains('region=eu') && request.url_path == '/q'
     prefer: [gcp-europe-west4]
@@ -170,6 +173,8 @@ fn attribute_cases() -> Vec<(String, RequestSpec)> {
         ("plain GET", "{path: /plain}"),
         ("PUT is denied", "{method: PUT, path: /x}"),
         ("query and url_path", "{path: '/q?region=eu&x=1'}"),
+        ("no query string", "{path: /no-query}"),
+        ("an empty query string", "{path: '/no-query?'}"),
         ("host", "{host: inference.example.com}"),
         (
             "three extra headers",
@@ -222,6 +227,19 @@ fn attributes_and_odd_headers_decide_identically() {
     rules.sort();
     rules.dedup();
     assert!(rules.len() >= 7, "{rules:?}");
+}
+
+#[test]
+fn a_path_without_a_query_reads_request_query_as_empty_as_envoy_does() {
+    // Envoy's own attribute is the empty string when the path has no `?`
+    // (its CEL context); the filter reads it so in Envoy and in policy-host.
+    let stack = Stack::start(|c| c.with_policy(ATTRIBUTE_POLICY)).expect("stack");
+    for path in ["/no-query", "/no-query?"] {
+        let (observed, _) =
+            through_envoy(stack.envoy.listener, &spec(&format!("{{path: '{path}'}}")));
+        assert_eq!(observed.rule, "no-query", "{path}");
+        assert_eq!(observed.outcome, "route gcp-europe-west4", "{path}");
+    }
 }
 
 #[test]

@@ -533,3 +533,43 @@ mod tests {
         assert_eq!(nesting_depth("'x' in request.headers"), 2);
     }
 }
+
+#[cfg(test)]
+mod estimates {
+    use super::*;
+
+    fn estimate_of(source: &str) -> u64 {
+        let program = match cel::Env::stdlib().compile(source) {
+            Ok(p) => p,
+            Err(e) => panic!("{e}"),
+        };
+        let inventory = Inventory {
+            fields: HashMap::from([("x".to_string(), Bound::default())]),
+            cluster: Bound::string(16),
+            clusters: Bound::string(16),
+        };
+        estimate(program.expression(), &inventory)
+    }
+
+    /// The figures `docs/limits.md` quotes.
+    #[test]
+    fn estimates_quoted_in_the_documentation() {
+        let small = estimate_of("[1,2,3].exists(x, x == cluster.x)");
+        assert!((20..=50).contains(&small), "{small}");
+        let split = estimate_of(
+            "request.headers[?'x-models'].orValue('').split(',').exists(m, m == cluster.name)",
+        );
+        assert!((60_000..=100_000).contains(&split), "{split}");
+        let list = format!(
+            "[{}]",
+            (0..100)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let cube = estimate_of(&format!(
+            "{list}.all(a, {list}.all(b, {list}.all(c, a + b + c >= 0)))"
+        ));
+        assert!((5_000_000..=20_000_000).contains(&cube), "{cube}");
+    }
+}

@@ -313,3 +313,56 @@ fn publish_refuses_an_invalid_policy_and_a_failing_one_and_writes_nothing() {
     assert_eq!(code, 0, "{out}");
     assert!(live.path().join("celroute.yaml").is_file());
 }
+
+#[test]
+fn check_and_publish_refuse_a_policy_over_a_limit_naming_it() {
+    let work = tempfile::tempdir().unwrap();
+    let live = tempfile::tempdir().unwrap();
+    let list = format!(
+        "[{}]",
+        (0..100)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let expensive = work.path().join("expensive.yaml");
+    std::fs::write(
+        &expensive,
+        format!(
+            "clusters: {{a: {{x: 1}}}}\nrules:\n  - name: cube\n    require: \"{list}.all(i, {list}.all(j, {list}.all(k, i + j + k > cluster.x)))\"\n"
+        ),
+    )
+    .unwrap();
+    let deep = work.path().join("deep.yaml");
+    std::fs::write(
+        &deep,
+        format!(
+            "clusters: {{a: {{x: 1}}}}\nrules:\n  - name: deep\n    require: \"cluster{} == 1\"\n",
+            ".x".repeat(1000)
+        ),
+    )
+    .unwrap();
+    let (code, out, err) =
+        policy_host(&["check", expensive.to_str().unwrap(), deep.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("expensive.yaml: rule 'cube' (rules[0]): require: the expression's worst case is estimated at "), "{out}");
+    assert!(out.contains(", over the limit of 100000 (options.limits.max_expression_cost); options.limits.max_expression_cost raises it, up to 10000000"), "{out}");
+    assert!(out.contains("deep.yaml: rule 'deep' (rules[0]): require: the expression nests 1001 levels deep, over the limit of 32 (options.limits.max_expression_depth)"), "{out}");
+
+    let (code, out, _) = policy_host(&[
+        "publish",
+        expensive.to_str().unwrap(),
+        "--to",
+        live.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("the policy is invalid; nothing was published"),
+        "{out}"
+    );
+    assert!(
+        out.contains("(options.limits.max_expression_cost)"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_dir(live.path()).unwrap().count(), 0);
+}

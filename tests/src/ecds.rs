@@ -3,7 +3,10 @@
 //! policy-host: what the hot-reload tests, the hostile-policy tests and the
 //! reload benchmark share.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -11,7 +14,7 @@ use policy_host::publish::{publish, PublishOptions};
 use policy_host::vm::FilterModule;
 
 use crate::envoy::{wasm, Envoy};
-use crate::http::Connection;
+use crate::http::{Connection, Reply};
 use crate::Stack;
 
 /// ECDS stats of the celroute filter (Envoy names them by the HCM's stat prefix).
@@ -108,4 +111,102 @@ pub fn cloud_of(connection: &mut Connection) -> Result<String> {
         .cloud()
         .map(str::to_string)
         .ok_or_else(|| anyhow!("no cloud answered"))
+}
+
+/// Keep-alive clients sending `GET /` in a loop until stopped, each reply
+/// judged by a check: the load under which reloads must fail no request.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    total: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    clients: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// What a [`Load`] saw.
+#[derive(Debug)]
+pub struct LoadReport {
+    pub total: u64,
+    /// One line per failed request: a status other than the check wanted, or an I/O error.
+    pub failures: Vec<String>,
+}
+
+impl Load {
+    /// Starts `connections` clients against `listener`; `check` says what is
+    /// wrong with a reply, if anything.
+    pub fn start(
+        listener: SocketAddr,
+        connections: usize,
+        check: impl Fn(&Reply) -> Option<String> + Send + Sync + 'static,
+    ) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let total = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let check = Arc::new(check);
+        let clients = (0..connections)
+            .map(|_| {
+                let (stop, total, failures, check) =
+                    (stop.clone(), total.clone(), failures.clone(), check.clone());
+                std::thread::spawn(move || {
+                    let mut connection = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let failure = match connection
+                            .take()
+                            .map_or_else(|| Connection::open(listener), Ok)
+                        {
+                            Ok(mut open) => match open.send("GET", "/", &[], b"") {
+                                Ok(reply) => {
+                                    connection = Some(open);
+                                    check(&reply)
+                                }
+                                Err(e) => Some(format!("{e:#}")),
+                            },
+                            Err(e) => Some(format!("{e:#}")),
+                        };
+                        if let Some(failure) = failure {
+                            if let Ok(mut failures) = failures.lock() {
+                                failures.push(failure);
+                            }
+                        }
+                        total.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            total,
+            failures,
+            clients,
+        }
+    }
+
+    /// Stops the clients and reports.
+    pub fn stop(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        for client in self.clients {
+            let _ = client.join();
+        }
+        LoadReport {
+            total: self.total.load(Ordering::Relaxed),
+            failures: self.failures.lock().map(|f| f.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+impl LoadReport {
+    /// An error unless every request passed and there were at least `minimum`.
+    pub fn check(&self, minimum: u64) -> Result<()> {
+        if !self.failures.is_empty() {
+            bail!(
+                "{} failed of {}: {:?}",
+                self.failures.len(),
+                self.total,
+                &self.failures[..self.failures.len().min(10)]
+            );
+        }
+        if self.total < minimum {
+            bail!("the load was too light to mean anything: {}", self.total);
+        }
+        Ok(())
+    }
 }

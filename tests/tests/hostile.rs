@@ -8,11 +8,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use celroute::engine::Policy;
-use celroute_tests::ecds::{cloud_of, policy_to, Live, FAILURES, RELOADS};
+use celroute_tests::ecds::{cloud_of, policy_to, Live, Load, FAILURES, RELOADS};
 use celroute_tests::envoy::{self, wasm, Config};
 use celroute_tests::http::Connection;
 use celroute_tests::{start_clouds, Stack};
@@ -282,48 +280,15 @@ fn the_deepest_expressions_the_limits_allow_load_and_run_in_envoy() {
 fn each_published_into_a_running_envoy_under_load_leaves_the_old_policy_deciding() {
     let good = policy_to("azure-westeurope");
     let live = Live::start(&good).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let total = Arc::new(AtomicU64::new(0));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let version = celroute::engine::content_version(&good);
     let listener = live.envoy().listener;
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, total, failures, version) = (
-                stop.clone(),
-                total.clone(),
-                failures.clone(),
-                version.clone(),
-            );
-            std::thread::spawn(move || {
-                let mut connection = Connection::open(listener).unwrap();
-                while !stop.load(Ordering::Relaxed) {
-                    let failure = match connection.send("GET", "/", &[], b"") {
-                        Ok(reply) if reply.status == 200 => {
-                            let decision = reply.header("x-celroute-decision").unwrap_or("");
-                            match reply.cloud() {
-                                Some("azure-westeurope")
-                                    if decision.contains(&format!("policy={version}")) =>
-                                {
-                                    None
-                                }
-                                cloud => Some(format!("served by {cloud:?}, decision {decision}")),
-                            }
-                        }
-                        Ok(reply) => Some(format!("{} {}", reply.status, reply.body)),
-                        Err(e) => {
-                            connection = Connection::open(listener).unwrap();
-                            Some(format!("{e:#}"))
-                        }
-                    };
-                    if let Some(failure) = failure {
-                        failures.lock().unwrap().push(failure);
-                    }
-                    total.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(listener, 4, move |reply| {
+        let decision = reply.header("x-celroute-decision").unwrap_or("");
+        let by_old_policy = reply.status == 200
+            && reply.cloud() == Some("azure-westeurope")
+            && decision.contains(&format!("policy={version}"));
+        (!by_old_policy).then(|| format!("{} {decision} {}", reply.status, reply.body))
+    });
 
     let cases = hostile();
     for (i, case) in cases.iter().enumerate() {
@@ -345,27 +310,14 @@ fn each_published_into_a_running_envoy_under_load_leaves_the_old_policy_deciding
             case.what
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.join().unwrap();
-    }
-    let total = total.load(Ordering::Relaxed);
-    let failures = failures.lock().unwrap();
+    let report = load.stop();
     println!(
-        "{} hostile policies published under load: {total} requests, {} failed",
+        "{} hostile policies published under load: {} requests, {} failed",
         cases.len(),
-        failures.len()
+        report.total,
+        report.failures.len()
     );
-    assert!(
-        failures.is_empty(),
-        "{} failed of {total}: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(10)]
-    );
-    assert!(
-        total >= 200,
-        "the load was too light to mean anything: {total}"
-    );
+    report.check(200).unwrap();
     let envoy = live.envoy();
     assert!(
         envoy

@@ -5,12 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use celroute_tests::ecds::{
-    self, policy_to, publish_options, write_policy, Live, FAILURES, RELOADS,
+    self, policy_to, publish_options, write_policy, Live, Load, FAILURES, RELOADS,
 };
 use celroute_tests::envoy::wasm;
 use celroute_tests::http::Connection;
@@ -101,40 +100,16 @@ fn a_bad_policy_pushed_around_the_validator_is_rejected_and_the_old_one_keeps_de
 fn republishing_every_100ms_under_load_fails_no_request() {
     let live = Live::start(&policy_to("aws-us-east-1")).unwrap();
     let allowed = ["aws-us-east-1", "azure-westeurope"];
-    let stop = Arc::new(AtomicBool::new(false));
-    let total = Arc::new(AtomicU64::new(0));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let seen = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
-    let listener = live.envoy().listener;
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, total, failures, seen) =
-                (stop.clone(), total.clone(), failures.clone(), seen.clone());
-            std::thread::spawn(move || {
-                let mut connection = Connection::open(listener).unwrap();
-                while !stop.load(Ordering::Relaxed) {
-                    match connection.send("GET", "/", &[], b"") {
-                        Ok(reply) if reply.status == 200 => {
-                            let cloud = reply.cloud().unwrap_or("none").to_string();
-                            if !allowed.contains(&cloud.as_str()) {
-                                failures.lock().unwrap().push(format!("served by {cloud}"));
-                            }
-                            *seen.lock().unwrap().entry(cloud).or_default() += 1;
-                        }
-                        Ok(reply) => failures
-                            .lock()
-                            .unwrap()
-                            .push(format!("{} {}", reply.status, reply.body)),
-                        Err(e) => {
-                            failures.lock().unwrap().push(format!("{e:#}"));
-                            connection = Connection::open(listener).unwrap();
-                        }
-                    }
-                    total.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
+    let counted = seen.clone();
+    let load = Load::start(live.envoy().listener, 4, move |reply| {
+        if reply.status != 200 {
+            return Some(format!("{} {}", reply.status, reply.body));
+        }
+        let cloud = reply.cloud().unwrap_or("none").to_string();
+        *counted.lock().unwrap().entry(cloud.clone()).or_default() += 1;
+        (!allowed.contains(&cloud.as_str())).then(|| format!("served by {cloud}"))
+    });
 
     let started = Instant::now();
     let mut publishes = 0;
@@ -145,24 +120,13 @@ fn republishing_every_100ms_under_load_fails_no_request() {
         publishes += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.join().unwrap();
-    }
-    let total = total.load(Ordering::Relaxed);
-    let failures = failures.lock().unwrap();
+    let report = load.stop();
     let seen = seen.lock().unwrap();
-    println!("load: {total} requests in 10 s over 4 keep-alive connections, {publishes} publishes, clouds {seen:?}");
-    assert!(
-        failures.is_empty(),
-        "{} failed of {total}: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(10)]
+    println!(
+        "load: {} requests in 10 s over 4 keep-alive connections, {publishes} publishes, clouds {seen:?}",
+        report.total
     );
-    assert!(
-        total >= 2000,
-        "the load was too light to mean anything: {total}"
-    );
+    report.check(2000).unwrap();
     assert!(publishes >= 50);
     assert!(seen.len() == 2, "both policies decided requests: {seen:?}");
     assert!(

@@ -142,10 +142,15 @@ impl PolicyDocument {
     }
 }
 
-/// serde's messages end in " at line L column C"; the position is reported separately.
+/// serde's messages end in " at line L column C"; the position is reported
+/// separately. Its parsers stop at 128 levels of nesting: say so.
 fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(at) => message[..at].to_string(),
-        None => message.to_string(),
+    let message = match message.rfind(" at line ") {
+        Some(at) => &message[..at],
+        None => message,
+    };
+    if message == "recursion limit exceeded" {
+        return format!("{message}: a policy's YAML or JSON nests at most 128 levels");
     }
+    message.to_string()
 }

@@ -238,7 +238,15 @@ fn a_deep_inventory_value_is_refused() {
     );
     let deeper = format!("{}1{}", "[".repeat(200), "]".repeat(200));
     let message = refusal(&format!("clusters:\n  a: {{x: {deeper}}}\n"));
-    assert!(message.contains("recursion limit exceeded"), "{message}");
+    assert!(
+        message.ends_with(
+            "recursion limit exceeded: a policy's YAML or JSON nests at most 128 levels"
+        ),
+        "{message}"
+    );
+    let json = format!("{{\"clusters\": {{\"a\": {{\"x\": {deeper}}}}}}}");
+    let message = refusal(&json);
+    assert!(message.ends_with("nests at most 128 levels"), "{message}");
 }
 
 #[test]

@@ -262,3 +262,17 @@ fn an_oversized_document_is_refused_before_parsing() {
         "{message}"
     );
 }
+
+#[test]
+fn yaml_aliases_cannot_multiply_a_small_document() {
+    // Each attribute refers nine times to the one before: 9^9 values from 1 KB.
+    let mut text = String::from("clusters:\n  c:\n    a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let p = i - 1;
+        text += &format!(
+            "    a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        );
+    }
+    let message = refusal(&text);
+    assert!(message.contains("repetition limit exceeded"), "{message}");
+}

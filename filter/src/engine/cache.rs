@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use lru::LruCache;
 
 use super::attributes::Fetched;
-use super::decide::Decision;
+use super::decision::Decision;
 
 /// Entries kept when the policy does not say (`options.decision_cache_size`).
 pub const DEFAULT_DECISION_CACHE_SIZE: usize = 1024;

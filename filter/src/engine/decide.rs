@@ -21,95 +21,13 @@ use std::sync::Arc;
 
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
+use super::attributes::{AttributeHost, Attributes, Fetched, ROOTS};
+use super::budget;
+use super::decision::{Decision, Outcome, StepResult, Trace, TraceStep};
+use super::policy::{Action, Expression, Policy};
 use cel::common::value::CowVal;
 use cel::context::VariableResolver;
 use cel::{Context, Value};
-use serde::{Deserialize, Serialize};
-
-use super::attributes::{AttributeHost, Attributes, Fetched, ROOTS};
-use super::budget;
-use super::compile::{Action, Expression, Policy};
-use super::error::{PolicyError, PolicyErrors};
-
-/// The outcome of one request's decision.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
-pub enum Outcome {
-    Route { cluster: String },
-    Deny { status: u16, message: String },
-}
-
-/// A decision: the outcome, the rule that made it, and what went wrong on the way.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Decision {
-    #[serde(flatten)]
-    pub outcome: Outcome,
-    /// The deciding rule, or `default`, `first-candidate` when no rule chose.
-    pub rule: String,
-    /// Evaluation errors met (each names the rule and the cluster).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<String>,
-    /// Rule-by-rule account, when asked for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace: Option<Trace>,
-}
-
-/// Rule-by-rule account of a decision.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-pub struct Trace {
-    pub steps: Vec<TraceStep>,
-    /// Candidates left after the constraints.
-    pub candidates: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TraceStep {
-    pub rule: String,
-    pub result: StepResult,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub excluded: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StepResult {
-    /// `when` was false: the rule did not apply.
-    NotMatched,
-    /// A `require` applied (possibly excluding clusters).
-    Constrained,
-    /// A `deny` applied.
-    Denied,
-    /// A selection rule chose this cluster.
-    Selected { cluster: String },
-    /// A selection rule applied but none of its clusters survived.
-    FellThrough,
-}
-
-impl Decision {
-    /// The chosen cluster, if routed.
-    pub fn cluster(&self) -> Option<&str> {
-        match &self.outcome {
-            Outcome::Route { cluster } => Some(cluster),
-            Outcome::Deny { .. } => None,
-        }
-    }
-
-    /// JSON body of a denial: `{"error":"denied","status":..,"rule":..,"message":..}`.
-    pub fn deny_body(&self) -> String {
-        match &self.outcome {
-            Outcome::Deny { status, message } => serde_json::json!({
-                "error": "denied",
-                "status": status,
-                "rule": self.rule,
-                "message": message,
-            })
-            .to_string(),
-            Outcome::Route { .. } => String::new(),
-        }
-    }
-}
 
 impl Policy {
     /// Decides one request, fetching from `host` only the attributes the
@@ -157,74 +75,6 @@ impl Policy {
         }
         (self, removed)
     }
-
-    /// Evaluates, for every cluster, each `require` and `order_by` that reads
-    /// no request attribute: their results cannot change per request.
-    ///
-    /// All of it shares one evaluation budget; a policy whose precomputation
-    /// would spend more, by estimate or in fact, is refused.
-    pub(crate) fn precompute_per_cluster(&mut self) -> Result<(), PolicyErrors> {
-        let budget = self.limits.evaluation_budget;
-        let clusters = self.clusters.len() as u64;
-        let mut estimated: u64 = 0;
-        for (r, rule) in self.rules.iter().enumerate() {
-            if let Action::Require(e) | Action::OrderBy { key: e, .. } = &rule.action {
-                if e.request_independent {
-                    estimated = estimated.saturating_add(e.cost.saturating_mul(clusters));
-                    if estimated > budget {
-                        return Err(PolicyError::new(
-                            format!("rule '{}' (rules[{r}])", rule.name),
-                            format!(
-                                "evaluating the inventory-only expressions up to this rule for {clusters} clusters at load is estimated at {estimated}, over the evaluation budget of {budget} (options.limits.evaluation_budget)"
-                            ),
-                        )
-                        .into());
-                    }
-                }
-            }
-        }
-        let mut results = Vec::new();
-        {
-            let inventory = Inventory {
-                policy: self,
-                current: AtomicUsize::new(0),
-            };
-            let mut context = Context::with_env(self.env.clone());
-            context.set_variable_resolver(&inventory);
-            budget::start(budget);
-            for (r, rule) in self.rules.iter().enumerate() {
-                let expression = match &rule.action {
-                    Action::Require(e) | Action::OrderBy { key: e, .. } => e,
-                    Action::Deny { .. } | Action::Prefer(_) => continue,
-                };
-                if !expression.request_independent {
-                    continue;
-                }
-                let per_cluster = (0..self.clusters.len())
-                    .map(|c| {
-                        inventory.current.store(c, AtomicOrdering::Relaxed);
-                        expression.evaluate(&context)
-                    })
-                    .collect::<Vec<_>>();
-                if budget::exhausted() {
-                    return Err(PolicyError::new(
-                        format!("rule '{}' (rules[{r}])", rule.name),
-                        format!(
-                            "evaluating the inventory-only expressions at load exceeded the evaluation budget of {budget} (options.limits.evaluation_budget)"
-                        ),
-                    )
-                    .into());
-                }
-                results.push((r, per_cluster));
-            }
-        }
-        for (r, per_cluster) in results {
-            if let Action::Require(e) | Action::OrderBy { key: e, .. } = &mut self.rules[r].action {
-                e.per_cluster = Some(per_cluster);
-            }
-        }
-        Ok(())
-    }
 }
 
 impl Expression {
@@ -236,10 +86,10 @@ impl Expression {
 
 /// Serves `cluster` (the candidate being judged) and `clusters` from the
 /// values converted at load time, so no inventory value is copied per request.
-struct Inventory<'a> {
-    policy: &'a Policy,
+pub(crate) struct Inventory<'a> {
+    pub(crate) policy: &'a Policy,
     /// Index of the candidate `cluster` names.
-    current: AtomicUsize,
+    pub(crate) current: AtomicUsize,
 }
 
 impl VariableResolver for Inventory<'_> {

@@ -5,26 +5,31 @@
 //! per request: AttributeHost --fetch what the policy reads--> decide --> Decision
 //! ```
 
+mod analysis;
 mod attributes;
 mod budget;
 mod cache;
 mod compile;
 mod cost;
 mod decide;
+mod decision;
 mod document;
 mod error;
 mod fast;
+mod inventory;
 pub mod limits;
+mod policy;
+mod precompute;
 
 pub use attributes::{AttributeHost, AttributeNeeds, Attributes};
 pub use cache::{CacheStats, DEFAULT_DECISION_CACHE_SIZE};
-pub use compile::{
-    content_version, LogLevel, Policy, PolicyDescription, RuleDescription, DEFAULT_ROUTING_HEADER,
-};
-pub use decide::{Decision, Outcome, StepResult, Trace, TraceStep};
+pub use decision::{Decision, Outcome, StepResult, Trace, TraceStep};
 pub use document::PolicyDocument;
 pub use error::{PolicyError, PolicyErrors};
 pub use limits::Limits;
+pub use policy::{
+    content_version, LogLevel, Policy, PolicyDescription, RuleDescription, DEFAULT_ROUTING_HEADER,
+};
 
 #[cfg(test)]
 mod tests;

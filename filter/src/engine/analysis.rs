@@ -1,0 +1,319 @@
+//! What an expression reads, and what would make it fail on every request:
+//! a walk over its syntax tree at load that records the attributes it
+//! references (the only ones fetched per request) and reports unknown
+//! functions, variables, attributes and cluster fields with their position.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use cel::common::ast::{operators, EntryExpr, Expr, IdedExpr, LiteralValue};
+use cel::{Context, Env};
+
+use super::attributes::{catalog_index, fields_of, AttributeNeeds, ROOTS};
+use super::error::did_you_mean;
+
+/// Where an expression stands in a rule: what it may read depends on it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Field {
+    When,
+    Require,
+    OrderBy,
+}
+
+impl Field {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Field::When => "when",
+            Field::Require => "require",
+            Field::OrderBy => "order_by",
+        }
+    }
+}
+
+/// The CEL environment policies are compiled and run in: the standard
+/// library with the strings and math extensions.
+pub(crate) fn policy_env() -> Env {
+    let mut env = Env::stdlib();
+    // Registering a fixed, known set of extensions into a fresh Env cannot
+    // conflict; should a future cel release change that, the functions are
+    // simply missing and policies that use them fail to load with a clear error.
+    let _ = env.add_extension(cel::extensions::strings);
+    let _ = env.add_extension(cel::extensions::math);
+    let _ = super::budget::register(&mut env);
+    env
+}
+
+/// Answers whether a function name is declared in the policy environment.
+pub(crate) struct FunctionCatalog {
+    env: Arc<Env>,
+}
+
+impl FunctionCatalog {
+    pub(crate) fn new(env: &Arc<Env>) -> FunctionCatalog {
+        FunctionCatalog { env: env.clone() }
+    }
+
+    pub(crate) fn knows(&self, name: &str) -> bool {
+        // cel refuses to add a context function whose name the Env already
+        // declares: that refusal is how a declared name is recognised.
+        let mut context = Context::with_env(self.env.clone());
+        context.add_function(name, || true).is_err()
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub(crate) fn column_of(source: &str, offset: usize) -> (usize, usize) {
+    let before = source.get(..offset).unwrap_or(source);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// Names CEL accepts as type identifiers (`type(x) == string`).
+const TYPE_NAMES: [&str; 11] = [
+    "bool",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "list",
+    "map",
+    "null_type",
+    "type",
+    "dyn",
+];
+
+/// Walks one expression's AST: records the attributes it reads and the
+/// problems that would make it fail on every request.
+pub(crate) struct Analysis<'a> {
+    pub(crate) known: &'a FunctionCatalog,
+    pub(crate) cluster_fields: &'a BTreeSet<String>,
+    pub(crate) field: Field,
+    pub(crate) needs: AttributeNeeds,
+    pub(crate) problems: Vec<(u64, String)>,
+    /// Variables bound by enclosing comprehensions (`exists(h, ...)`).
+    pub(crate) scopes: Vec<String>,
+}
+
+impl Analysis<'_> {
+    fn bound(&self, name: &str) -> bool {
+        self.scopes.iter().any(|s| s == name)
+    }
+
+    fn problem(&mut self, id: u64, message: String) {
+        self.problems.push((id, message));
+    }
+
+    /// `request.headers`, unshadowed.
+    fn is_headers(&self, e: &IdedExpr) -> bool {
+        super::fast::is_headers(e) && !self.bound("request")
+    }
+
+    fn header_key(&mut self, id: u64, key: &IdedExpr) -> bool {
+        if let Expr::Literal(LiteralValue::String(name)) = &key.expr {
+            let name = name.inner();
+            if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.problem(
+                    id,
+                    format!(
+                        "header names are lower-case in request.headers: use '{}'",
+                        name.to_ascii_lowercase()
+                    ),
+                );
+            } else {
+                self.needs.add_header(name);
+            }
+            return true;
+        }
+        false
+    }
+
+    pub(crate) fn walk(&mut self, e: &IdedExpr) {
+        match &e.expr {
+            Expr::Ident(name) => self.ident(e.id, name),
+            Expr::Select(select) => {
+                if self.is_headers(&select.operand) {
+                    // request.headers.name, has(request.headers.name)
+                    self.needs.add_header(&select.field);
+                    return;
+                }
+                if let Expr::Ident(root) = &select.operand.expr {
+                    if !self.bound(root) {
+                        if ROOTS.contains(&root.as_str()) {
+                            return self.attribute(e.id, root, &select.field);
+                        }
+                        if root == "cluster" {
+                            self.cluster_available(e.id);
+                            if !self.cluster_fields.contains(&select.field) {
+                                let hint = did_you_mean(
+                                    &select.field,
+                                    self.cluster_fields.iter().map(String::as_str),
+                                )
+                                .map(|c| format!(" (did you mean '{c}'?)"))
+                                .unwrap_or_default();
+                                let message = format!(
+                                    "no cluster in the inventory has the attribute 'cluster.{}'{hint}",
+                                    select.field
+                                );
+                                self.problem(e.id, message);
+                            }
+                            return;
+                        }
+                    }
+                }
+                self.walk(&select.operand);
+            }
+            Expr::Call(call) => {
+                let name = call.func_name.as_str();
+                if (name == operators::INDEX || name == operators::OPT_INDEX)
+                    && call.args.len() == 2
+                    && self.is_headers(&call.args[0])
+                {
+                    if !self.header_key(e.id, &call.args[1]) {
+                        self.needs.add_all_headers();
+                        self.walk(&call.args[1]);
+                    }
+                    return;
+                }
+                if name == operators::IN && call.args.len() == 2 && self.is_headers(&call.args[1]) {
+                    if !self.header_key(e.id, &call.args[0]) {
+                        self.needs.add_all_headers();
+                        self.walk(&call.args[0]);
+                    }
+                    return;
+                }
+                let is_operator = name.starts_with('_')
+                    || name.starts_with('@')
+                    || name.starts_with('!')
+                    || name.starts_with('-');
+                let mut walk_target = true;
+                if !is_operator {
+                    let qualified = call
+                        .target
+                        .as_deref()
+                        .and_then(|t| self.namespace(t))
+                        .map(|ns| format!("{ns}.{name}"));
+                    match qualified {
+                        Some(q) if self.known.knows(&q) => walk_target = false,
+                        _ if self.known.knows(name) => {}
+                        Some(q) => {
+                            self.problem(e.id, format!("unknown function '{q}'"));
+                            walk_target = false;
+                        }
+                        None => self.problem(e.id, format!("unknown function '{name}'")),
+                    }
+                }
+                if walk_target {
+                    if let Some(target) = &call.target {
+                        self.walk(target);
+                    }
+                }
+                for arg in &call.args {
+                    self.walk(arg);
+                }
+            }
+            Expr::Comprehension(c) => {
+                self.walk(&c.iter_range);
+                self.walk(&c.accu_init);
+                let depth = self.scopes.len();
+                self.scopes.push(c.iter_var.clone());
+                if let Some(v) = &c.iter_var2 {
+                    self.scopes.push(v.clone());
+                }
+                self.scopes.push(c.accu_var.clone());
+                self.walk(&c.loop_cond);
+                self.walk(&c.loop_step);
+                self.walk(&c.result);
+                self.scopes.truncate(depth);
+            }
+            Expr::List(list) => list.elements.iter().for_each(|x| self.walk(x)),
+            Expr::Map(map) => {
+                for entry in &map.entries {
+                    if let EntryExpr::MapEntry(m) = &entry.expr {
+                        self.walk(&m.key);
+                        self.walk(&m.value);
+                    }
+                }
+            }
+            Expr::Struct(s) => {
+                for entry in &s.entries {
+                    if let EntryExpr::StructField(f) = &entry.expr {
+                        self.walk(&f.value);
+                    }
+                }
+            }
+            Expr::Literal(_) | Expr::Unspecified => {}
+        }
+    }
+
+    /// A qualified name that is not a variable (`math` in `math.greatest(...)`).
+    fn namespace(&self, target: &IdedExpr) -> Option<String> {
+        match &target.expr {
+            Expr::Ident(name) if !self.bound(name) && !is_variable(name) => Some(name.clone()),
+            Expr::Select(s) if !s.test => self
+                .namespace(&s.operand)
+                .map(|ns| format!("{ns}.{}", s.field)),
+            _ => None,
+        }
+    }
+
+    fn ident(&mut self, id: u64, name: &str) {
+        // `clusters` is served from the inventory, never fetched.
+        if self.bound(name) || TYPE_NAMES.contains(&name) || name == "clusters" {
+            return;
+        }
+        if ROOTS.contains(&name) {
+            // The whole root is used as a value: fetch all of it.
+            for field in fields_of(name) {
+                if field == "headers" {
+                    self.needs.add_all_headers();
+                } else if let Some(i) = catalog_index(name, field) {
+                    self.needs.add(i);
+                }
+            }
+            return;
+        }
+        if name == "cluster" {
+            self.cluster_available(id);
+            return;
+        }
+        let variables = ROOTS.iter().copied().chain(["cluster", "clusters"]);
+        let hint = did_you_mean(name, variables)
+            .map(|c| format!(" (did you mean '{c}'?)"))
+            .unwrap_or_default();
+        self.problem(id, format!("undeclared reference to '{name}'{hint}"));
+    }
+
+    fn cluster_available(&mut self, id: u64) {
+        if self.field == Field::When {
+            self.problem(
+                id,
+                "'cluster' is the candidate being judged: it exists in require and order_by, not in when (use clusters['name'] here)".to_string(),
+            );
+        }
+    }
+
+    fn attribute(&mut self, id: u64, root: &str, field: &str) {
+        match catalog_index(root, field) {
+            Some(i) => {
+                if field == "headers" {
+                    self.needs.add_all_headers();
+                } else {
+                    self.needs.add(i);
+                }
+            }
+            None => {
+                let hint = did_you_mean(field, fields_of(root))
+                    .map(|c| format!(" (did you mean '{root}.{c}'?)"))
+                    .unwrap_or_default();
+                self.problem(id, format!("unknown attribute '{root}.{field}'{hint}"));
+            }
+        }
+    }
+}
+
+fn is_variable(name: &str) -> bool {
+    ROOTS.contains(&name) || name == "cluster" || name == "clusters"
+}

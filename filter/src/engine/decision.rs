@@ -1,0 +1,86 @@
+//! What a decision is: its outcome, the rule that made it, the errors met and
+//! an optional rule-by-rule trace. One type for the filter's logs, the
+//! decision header, the decision cache, policy-host and test diffs; it
+//! depends on nothing else in the engine.
+
+use serde::{Deserialize, Serialize};
+
+/// The outcome of one request's decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Outcome {
+    Route { cluster: String },
+    Deny { status: u16, message: String },
+}
+
+/// A decision: the outcome, the rule that made it, and what went wrong on the way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// The deciding rule, or `default`, `first-candidate` when no rule chose.
+    pub rule: String,
+    /// Evaluation errors met (each names the rule and the cluster).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// Rule-by-rule account, when asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Trace>,
+}
+
+/// Rule-by-rule account of a decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Trace {
+    pub steps: Vec<TraceStep>,
+    /// Candidates left after the constraints.
+    pub candidates: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceStep {
+    pub rule: String,
+    pub result: StepResult,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepResult {
+    /// `when` was false: the rule did not apply.
+    NotMatched,
+    /// A `require` applied (possibly excluding clusters).
+    Constrained,
+    /// A `deny` applied.
+    Denied,
+    /// A selection rule chose this cluster.
+    Selected { cluster: String },
+    /// A selection rule applied but none of its clusters survived.
+    FellThrough,
+}
+
+impl Decision {
+    /// The chosen cluster, if routed.
+    pub fn cluster(&self) -> Option<&str> {
+        match &self.outcome {
+            Outcome::Route { cluster } => Some(cluster),
+            Outcome::Deny { .. } => None,
+        }
+    }
+
+    /// JSON body of a denial: `{"error":"denied","status":..,"rule":..,"message":..}`.
+    pub fn deny_body(&self) -> String {
+        match &self.outcome {
+            Outcome::Deny { status, message } => serde_json::json!({
+                "error": "denied",
+                "status": status,
+                "rule": self.rule,
+                "message": message,
+            })
+            .to_string(),
+            Outcome::Route { .. } => String::new(),
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The compiled policy: immutable once loaded, what the decision path reads.
+//! Its clusters, rules and their compiled expressions, its options and
+//! limits, and what tools are told about it.
+
+use std::sync::Arc;
+
+use cel::{Env, Value};
+
+use super::attributes::AttributeNeeds;
+use super::cache::{CacheStats, DecisionCache};
+use super::limits::Limits;
+
+/// Default request header that carries the chosen cluster to Envoy.
+pub const DEFAULT_ROUTING_HEADER: &str = "x-celroute-cluster";
+/// Default status when the constraints leave no cluster (451: Unavailable For Legal Reasons).
+pub const DEFAULT_NO_CANDIDATE_STATUS: u16 = 451;
+/// Largest `options.decision_cache_size` accepted.
+pub const MAX_DECISION_CACHE_SIZE: usize = 100_000;
+
+/// Names the engine uses for decisions no rule made; rules may not take them.
+pub(crate) const RESERVED_RULE_NAMES: [&str; 3] = ["default", "first-candidate", "no-candidate"];
+
+/// Log verbosity, set by the policy's `options.log_level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+    Off,
+}
+
+/// A validated policy with its CEL programs compiled.
+pub struct Policy {
+    pub(crate) name: Option<String>,
+    pub(crate) env: Arc<Env>,
+    pub(crate) clusters: Vec<Cluster>,
+    /// `clusters` as CEL sees it: name -> attributes (converted once).
+    pub(crate) clusters_value: Box<dyn cel::common::value::Val>,
+    pub(crate) rules: Vec<Rule>,
+    pub(crate) default: Option<usize>,
+    pub(crate) needs: AttributeNeeds,
+    /// Which attribute roots to bind per request (those the policy reads).
+    pub(crate) bound_roots: [bool; 4],
+    pub(crate) routing_header: String,
+    pub(crate) decision_header: Option<String>,
+    pub(crate) log_level: LogLevel,
+    pub(crate) no_candidate_status: u16,
+    pub(crate) version: String,
+    pub(crate) programs: usize,
+    pub(crate) limits: Limits,
+    /// Decisions by the values of the attributes read; `None` when off.
+    pub(crate) cache: Option<DecisionCache>,
+}
+
+pub(crate) struct Cluster {
+    pub(crate) name: String,
+    /// The cluster's attributes plus `name`, as `cluster` in CEL, converted
+    /// once here so that binding it per evaluation copies nothing.
+    pub(crate) value: Box<dyn cel::common::value::Val>,
+}
+
+pub(crate) struct Rule {
+    pub(crate) name: String,
+    pub(crate) when: Option<Expression>,
+    pub(crate) action: Action,
+}
+
+pub(crate) enum Action {
+    Require(Expression),
+    Deny { status: u16, message: String },
+    Prefer(Vec<usize>),
+    OrderBy { key: Expression, descending: bool },
+}
+
+/// A compiled CEL expression.
+pub(crate) struct Expression {
+    /// The program as it runs: instrumented to charge the evaluation budget.
+    pub(crate) executable: cel::common::ast::IdedExpr,
+    /// Worst-case cost of one evaluation, estimated at load.
+    pub(crate) cost: u64,
+    /// Reads no request attribute: its value depends only on the inventory.
+    pub(crate) request_independent: bool,
+    /// For a per-cluster expression (`require`, `order_by`) that reads no
+    /// request attribute: its result for each cluster, evaluated once at load.
+    pub(crate) per_cluster: Option<Vec<Result<Value, cel::ExecutionError>>>,
+    /// For a `when`: the same condition evaluated without the interpreter.
+    pub(crate) fast: Option<super::fast::Fast>,
+}
+
+impl Policy {
+    /// The policy's name, when the document gives one.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+    /// Content version: a hash of the document text.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+    /// The content version as a number (for a stats gauge).
+    pub fn version_number(&self) -> u64 {
+        u64::from_str_radix(&self.version, 16).unwrap_or(0)
+    }
+    /// Request header that carries the chosen cluster.
+    pub fn routing_header(&self) -> &str {
+        &self.routing_header
+    }
+    /// Response header that reports the decision, if enabled.
+    pub fn decision_header(&self) -> Option<&str> {
+        self.decision_header.as_deref()
+    }
+    pub fn log_level(&self) -> LogLevel {
+        self.log_level
+    }
+    /// Cluster names in inventory order.
+    pub fn cluster_names(&self) -> impl Iterator<Item = &str> {
+        self.clusters.iter().map(|c| c.name.as_str())
+    }
+    /// Rule names in document order.
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.name.as_str())
+    }
+    /// How many CEL programs this policy compiled (all of them at load).
+    pub fn programs_compiled(&self) -> usize {
+        self.programs
+    }
+    /// Entries of the decision cache; 0 when it is off (by option, or
+    /// because the policy reads a per-request attribute or the whole header map).
+    pub fn decision_cache_size(&self) -> usize {
+        self.cache.as_ref().map_or(0, DecisionCache::capacity)
+    }
+    /// Decision cache hits and misses since load.
+    pub fn decision_cache_stats(&self) -> CacheStats {
+        self.cache
+            .as_ref()
+            .map(DecisionCache::stats)
+            .unwrap_or_default()
+    }
+    /// The attributes this policy reads; the only ones fetched per request.
+    pub fn referenced_attributes(&self) -> Vec<String> {
+        self.needs.describe()
+    }
+
+    /// What tools need to know of a loaded policy: names, rules and their kinds.
+    pub fn description(&self) -> PolicyDescription {
+        PolicyDescription {
+            name: self.name.clone(),
+            version: self.version.clone(),
+            routing_header: self.routing_header.clone(),
+            clusters: self.cluster_names().map(str::to_string).collect(),
+            rules: self
+                .rules
+                .iter()
+                .map(|r| RuleDescription {
+                    name: r.name.clone(),
+                    kind: match r.action {
+                        Action::Require(_) => "require",
+                        Action::Deny { .. } => "deny",
+                        Action::Prefer(_) => "prefer",
+                        Action::OrderBy { .. } => "order_by",
+                    }
+                    .to_string(),
+                })
+                .collect(),
+            reads: self.referenced_attributes(),
+        }
+    }
+}
+
+/// A loaded policy as tools see it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PolicyDescription {
+    pub name: Option<String>,
+    pub version: String,
+    pub routing_header: String,
+    pub clusters: Vec<String>,
+    pub rules: Vec<RuleDescription>,
+    pub reads: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RuleDescription {
+    pub name: String,
+    /// `require`, `deny`, `prefer` or `order_by`.
+    pub kind: String,
+}
+
+/// A short, stable identifier of a policy's text: FNV-1a 64 folded to 48
+/// bits, as 12 hex digits. It fits a stats gauge exactly, so the
+/// `celroute.policy_version` gauge and the decision header agree.
+pub fn content_version(text: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{:012x}", (hash ^ (hash >> 48)) & 0xffff_ffff_ffff)
+}

@@ -13,7 +13,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel as HostLevel, MapType, MetricType};
 
-use crate::engine::{AttributeHost, Decision, LogLevel, Outcome, Policy};
+use crate::engine::{AttributeHost, Decision, LogLevel, Outcome, Policy, Router, Served};
 
 proxy_wasm::main! {{
     // The engine filters by the policy's own log level; let every line reach the host.
@@ -113,7 +113,7 @@ impl Metrics {
 }
 
 struct Loaded {
-    policy: Policy,
+    router: Router,
     /// The host takes decision reports (policy-host does; Envoy does not).
     reporting: bool,
 }
@@ -179,7 +179,7 @@ impl RootContext for Root {
         let threshold = self
             .loaded
             .as_ref()
-            .map_or(LogLevel::Info, |l| l.policy.log_level());
+            .map_or(LogLevel::Info, |l| l.router.policy().log_level());
         let text = match self.get_plugin_configuration() {
             Some(bytes) => String::from_utf8(bytes),
             None => Ok(String::new()),
@@ -223,7 +223,10 @@ impl RootContext for Root {
                     "policy",
                     serde_json::to_value(policy.description()).unwrap_or_default(),
                 );
-                self.loaded = Some(Rc::new(Loaded { policy, reporting }));
+                self.loaded = Some(Rc::new(Loaded {
+                    router: Router::new(policy),
+                    reporting,
+                }));
                 true
             }
             Err(errors) => {
@@ -391,7 +394,7 @@ impl HttpContext for Request {
             );
             return Action::Pause;
         };
-        let policy = &loaded.policy;
+        let policy = loaded.router.policy();
         // A client must never pick the cluster: a routed request gets its
         // header replaced (all values the client sent go), and a denied one
         // never leaves the proxy.
@@ -399,8 +402,7 @@ impl HttpContext for Request {
             fetches: 0,
             headers: None,
         };
-        let before = policy.decision_cache_stats();
-        let decision = policy.decide(
+        let (decision, served) = loaded.router.decide(
             &mut host,
             loaded.reporting || policy.log_level() <= LogLevel::Debug,
         );
@@ -431,14 +433,12 @@ impl HttpContext for Request {
                 let id = m.evaluation_errors;
                 m.count(id, decision.errors.len() as u64);
             }
-            let after = policy.decision_cache_stats();
-            if after.hits > before.hits {
-                let id = m.decision_cache_hits;
-                m.count(id, 1);
-            } else if after.misses > before.misses {
-                let id = m.decision_cache_misses;
-                m.count(id, 1);
-            }
+            let id = match served {
+                Served::FromCache => m.decision_cache_hits,
+                Served::Missed => m.decision_cache_misses,
+                Served::Evaluated => None,
+            };
+            m.count(id, 1);
             match &decision.outcome {
                 Outcome::Route { cluster } => m.count_decision("cluster", cluster),
                 Outcome::Deny { .. } => {
@@ -493,7 +493,7 @@ impl HttpContext for Request {
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let (Some(loaded), Some(decision)) = (&self.loaded, &self.decision) {
             if let (Some(name), Outcome::Route { .. }) =
-                (loaded.policy.decision_header(), &decision.outcome)
+                (loaded.router.policy().decision_header(), &decision.outcome)
             {
                 let value = decision_header_value(decision, loaded);
                 let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(&value));
@@ -512,6 +512,6 @@ fn decision_header_value(decision: &Decision, loaded: &Loaded) -> String {
     format!(
         "{outcome}; rule={}; policy={}",
         decision.rule,
-        loaded.policy.version()
+        loaded.router.policy().version()
     )
 }

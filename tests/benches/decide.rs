@@ -12,7 +12,7 @@
 
 use std::hint::black_box;
 
-use celroute::engine::{AttributeHost, Policy};
+use celroute::engine::{AttributeHost, Policy, Router};
 use celroute_tests::bench::policy_yaml;
 use criterion::{criterion_group, criterion_main, Criterion};
 
@@ -64,8 +64,8 @@ fn decide(c: &mut Criterion) {
 }
 
 fn bench_policy(c: &mut Criterion, rules: usize, cache: Option<usize>, label: &str) {
-    let policy = match Policy::load(&policy_yaml(rules, cache)) {
-        Ok(p) => p,
+    let router = match Policy::load(&policy_yaml(rules, cache)) {
+        Ok(p) => Router::new(p),
         Err(e) => panic!("the {rules}-rule policy must load: {e}"),
     };
     let mut i = 0u64;
@@ -73,7 +73,7 @@ fn bench_policy(c: &mut Criterion, rules: usize, cache: Option<usize>, label: &s
         b.iter(|| {
             i += 1;
             let mut host = request(i);
-            black_box(policy.decide(&mut host, false))
+            black_box(router.decide(&mut host, false))
         })
     });
 }

@@ -36,6 +36,17 @@ struct State {
     key: Vec<u8>,
 }
 
+/// How a decision was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// From the decision cache.
+    FromCache,
+    /// Evaluated on a cache miss (and cached unless its values were too long).
+    Missed,
+    /// Evaluated without the cache (off, or a traced decision).
+    Evaluated,
+}
+
 /// Hits and misses since the policy was loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CacheStats {
@@ -57,32 +68,33 @@ impl DecisionCache {
         })
     }
 
-    /// The cached decision for these values, or the one `decide` makes (then cached).
+    /// The cached decision for these values, or the one `decide` makes
+    /// (then cached), and which of the two it was.
     pub(crate) fn get_or_decide(
         &self,
         fetched: Fetched,
         decide: impl FnOnce(Fetched) -> Decision,
-    ) -> Arc<Decision> {
+    ) -> (Arc<Decision>, Served) {
         // Filters are single-threaded; a poisoned lock (a panic elsewhere
         // while deciding) only costs the cache, never the decision.
         let Ok(mut state) = self.state.lock() else {
-            return Arc::new(decide(fetched));
+            return (Arc::new(decide(fetched)), Served::Evaluated);
         };
         let State { entries, key } = &mut *state;
         fetched.key(key);
         if key.len() > MAX_KEY_BYTES {
             self.misses.fetch_add(1, Ordering::Relaxed);
-            return Arc::new(decide(fetched));
+            return (Arc::new(decide(fetched)), Served::Missed);
         }
         if let Some(decision) = entries.get(key.as_slice()) {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            return decision.clone();
+            return (decision.clone(), Served::FromCache);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let key: Box<[u8]> = key.as_slice().into();
         let decision = Arc::new(decide(fetched));
         entries.put(key, decision.clone());
-        decision
+        (decision, Served::Missed)
     }
 
     pub(crate) fn stats(&self) -> CacheStats {
@@ -90,9 +102,5 @@ impl DecisionCache {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
         }
-    }
-
-    pub(crate) fn capacity(&self) -> usize {
-        self.state.lock().map_or(0, |s| s.entries.cap().get())
     }
 }

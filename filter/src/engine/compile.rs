@@ -13,7 +13,6 @@ use cel::Env;
 
 use super::analysis::{column_of, policy_env, Analysis, Field, FunctionCatalog};
 use super::attributes::AttributeNeeds;
-use super::cache::DecisionCache;
 use super::cost;
 use super::document::{PolicyDocument, RuleDocument};
 use super::error::{did_you_mean, PolicyError, PolicyErrors};
@@ -237,11 +236,7 @@ impl Policy {
             rules,
             default,
             bound_roots: needs.roots(),
-            cache: if needs.cacheable() {
-                DecisionCache::new(cache_size)
-            } else {
-                None
-            },
+            cache_size: if needs.cacheable() { cache_size } else { 0 },
             needs,
             routing_header,
             decision_header: options.decision_header.clone(),

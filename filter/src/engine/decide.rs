@@ -17,7 +17,6 @@
 
 use std::cell::OnceCell;
 use std::cmp::Ordering;
-use std::sync::Arc;
 
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
@@ -31,16 +30,10 @@ use cel::{Context, Value};
 
 impl Policy {
     /// Decides one request, fetching from `host` only the attributes the
-    /// policy reads. Without a trace, the decision comes from the decision
-    /// cache when the same values were decided before.
-    pub fn decide(&self, host: &mut dyn AttributeHost, trace: bool) -> Arc<Decision> {
+    /// policy reads. Uncached: a [`super::Router`] adds the decision cache.
+    pub fn decide(&self, host: &mut dyn AttributeHost, trace: bool) -> Decision {
         let fetched = Fetched::fetch(host, &self.needs);
-        let decide =
-            |fetched: Fetched| self.decide_with(&fetched.into_attributes(&self.needs), trace);
-        match &self.cache {
-            Some(cache) if !trace => cache.get_or_decide(fetched, decide),
-            _ => Arc::new(decide(fetched)),
-        }
+        self.decide_with(&fetched.into_attributes(&self.needs), trace)
     }
 
     /// Decides one request from attributes already fetched.

@@ -20,9 +20,10 @@ mod inventory;
 pub mod limits;
 mod policy;
 mod precompute;
+mod router;
 
 pub use attributes::{AttributeHost, AttributeNeeds, Attributes};
-pub use cache::{CacheStats, DEFAULT_DECISION_CACHE_SIZE};
+pub use cache::{CacheStats, Served, DEFAULT_DECISION_CACHE_SIZE};
 pub use decision::{Decision, Outcome, StepResult, Trace, TraceStep};
 pub use document::PolicyDocument;
 pub use error::{PolicyError, PolicyErrors};
@@ -30,6 +31,7 @@ pub use limits::Limits;
 pub use policy::{
     content_version, LogLevel, Policy, PolicyDescription, RuleDescription, DEFAULT_ROUTING_HEADER,
 };
+pub use router::Router;
 
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use cel::{Env, Value};
 
 use super::attributes::AttributeNeeds;
-use super::cache::{CacheStats, DecisionCache};
 use super::limits::Limits;
 
 /// Default request header that carries the chosen cluster to Envoy.
@@ -50,8 +49,10 @@ pub struct Policy {
     pub(crate) version: String,
     pub(crate) programs: usize,
     pub(crate) limits: Limits,
-    /// Decisions by the values of the attributes read; `None` when off.
-    pub(crate) cache: Option<DecisionCache>,
+    /// Entries of the decision cache a [`super::Router`] keeps for this
+    /// policy; 0 when off (by option, or because the policy reads a
+    /// per-request attribute or the whole header map).
+    pub(crate) cache_size: usize,
 }
 
 pub(crate) struct Cluster {
@@ -128,14 +129,7 @@ impl Policy {
     /// Entries of the decision cache; 0 when it is off (by option, or
     /// because the policy reads a per-request attribute or the whole header map).
     pub fn decision_cache_size(&self) -> usize {
-        self.cache.as_ref().map_or(0, DecisionCache::capacity)
-    }
-    /// Decision cache hits and misses since load.
-    pub fn decision_cache_stats(&self) -> CacheStats {
-        self.cache
-            .as_ref()
-            .map(DecisionCache::stats)
-            .unwrap_or_default()
+        self.cache_size
     }
     /// The attributes this policy reads; the only ones fetched per request.
     pub fn referenced_attributes(&self) -> Vec<String> {

@@ -86,7 +86,7 @@ fn errors_of(text: &str) -> String {
 }
 
 fn decide(policy: &Policy, headers: &[(&str, &str)]) -> Decision {
-    std::sync::Arc::unwrap_or_clone(policy.decide(&mut TestHost::with_headers(headers), true))
+    policy.decide(&mut TestHost::with_headers(headers), true)
 }
 
 fn routed(decision: &Decision) -> (&str, &str) {
@@ -550,10 +550,15 @@ fn decisions_serialize_for_tools() {
 
 #[test]
 fn decision_cache_answers_repeated_values_with_the_same_decision() {
-    let cached = load(EXAMPLE);
-    let uncached = load(&format!("{EXAMPLE}options: {{decision_cache_size: 0}}\n"));
-    assert_eq!(cached.decision_cache_size(), DEFAULT_DECISION_CACHE_SIZE);
-    assert_eq!(uncached.decision_cache_size(), 0);
+    let cached = Router::new(load(EXAMPLE));
+    let uncached = Router::new(load(&format!(
+        "{EXAMPLE}options: {{decision_cache_size: 0}}\n"
+    )));
+    assert_eq!(
+        cached.policy().decision_cache_size(),
+        DEFAULT_DECISION_CACHE_SIZE
+    );
+    assert_eq!(uncached.policy().decision_cache_size(), 0);
     let requests: [&[(&str, &str)]; 6] = [
         &[
             ("x-tenant", "a"),
@@ -571,9 +576,19 @@ fn decision_cache_answers_repeated_values_with_the_same_decision() {
     for round in 0..3 {
         for headers in requests {
             let mut host = TestHost::with_headers(headers);
-            let from_cache = cached.decide(&mut host, false);
-            let evaluated = uncached.decide(&mut TestHost::with_headers(headers), false);
+            let (from_cache, served) = cached.decide(&mut host, false);
+            let (evaluated, unserved) =
+                uncached.decide(&mut TestHost::with_headers(headers), false);
             assert_eq!(*from_cache, *evaluated, "round {round}, {headers:?}");
+            // The decision path says where each decision came from.
+            let first = round == 0 && headers != requests[5];
+            let expected = if first {
+                Served::Missed
+            } else {
+                Served::FromCache
+            };
+            assert_eq!(served, expected, "round {round}, {headers:?}");
+            assert_eq!(unserved, Served::Evaluated);
             // Every read attribute is fetched even on a hit: it is the key.
             assert_eq!(host.lookups.len(), 4);
         }
@@ -587,16 +602,17 @@ fn decision_cache_answers_repeated_values_with_the_same_decision() {
     );
     assert_eq!(uncached.decision_cache_stats(), CacheStats::default());
     // A trace always evaluates.
-    let d = decide(&cached, &[("x-tenant", "a")]);
+    let (d, served) = cached.decide(&mut TestHost::with_headers(&[("x-tenant", "a")]), true);
     assert!(d.trace.is_some());
+    assert_eq!(served, Served::Evaluated);
     assert_eq!(cached.decision_cache_stats().hits, 13);
 }
 
 #[test]
 fn decision_cache_keeps_at_most_its_size() {
-    let p = load(
+    let p = Router::new(load(
         "clusters: {a: {}, b: {}}\nrules:\n  - {name: r, when: \"request.headers[?'x-n'].orValue('') == '1'\", prefer: [b]}\noptions: {decision_cache_size: 2}\n",
-    );
+    ));
     for n in ["1", "2", "3", "1"] {
         p.decide(&mut TestHost::with_headers(&[("x-n", n)]), false);
     }
@@ -621,11 +637,12 @@ fn decision_cache_is_off_for_per_request_attributes() {
         "connection.id > 0u",
         "request.headers.exists(h, h == 'x-a')",
     ] {
-        let p = load(&format!(
+        let p = Router::new(load(&format!(
             "clusters: {{a: {{}}, b: {{}}}}\nrules:\n  - {{name: r, when: \"{when}\", prefer: [b]}}\n"
-        ));
-        assert_eq!(p.decision_cache_size(), 0, "{when}");
-        p.decide(&mut TestHost::default(), false);
+        )));
+        assert_eq!(p.policy().decision_cache_size(), 0, "{when}");
+        let (_, served) = p.decide(&mut TestHost::default(), false);
+        assert_eq!(served, Served::Evaluated, "{when}");
         assert_eq!(p.decision_cache_stats(), CacheStats::default(), "{when}");
     }
     let e = errors_of("clusters: {a: {}}\noptions: {decision_cache_size: 100000000}\n");

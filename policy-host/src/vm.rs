@@ -97,7 +97,7 @@ impl FilterModule {
         let cache = path.parent().map(|dir| {
             dir.join(".policy-host-cache").join(format!(
                 "{:016x}-{}.cwasm",
-                fnv1a(&bytes),
+                celroute::engine::fnv1a64(&bytes),
                 bytes.len()
             ))
         });
@@ -239,13 +239,6 @@ impl FilterModule {
         }
         Ok(vm)
     }
-}
-
-/// FNV-1a 64 of the module's bytes: the cache key.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }
 
 /// A module compiled earlier by this same engine configuration, if cached.

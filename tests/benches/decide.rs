@@ -12,34 +12,12 @@
 
 use std::hint::black_box;
 
-use celroute::engine::{AttributeHost, Policy, Router};
+use celroute::engine::testing::TestHost;
+use celroute::engine::{Policy, Router};
 use celroute_tests::bench::policy_yaml;
 use criterion::{criterion_group, criterion_main, Criterion};
 
-struct Request {
-    headers: Vec<(String, Vec<u8>)>,
-    path: Vec<u8>,
-}
-
-impl AttributeHost for Request {
-    fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    }
-    fn request_headers(&mut self) -> Vec<(String, Vec<u8>)> {
-        self.headers.clone()
-    }
-    fn property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
-        match path {
-            ["request", "url_path"] | ["request", "path"] => Some(self.path.clone()),
-            _ => None,
-        }
-    }
-}
-
-fn request(i: u64) -> Request {
+fn request(i: u64) -> TestHost {
     let mut headers = vec![(
         "x-tenant".to_string(),
         format!("tenant-{}", i % 50).into_bytes(),
@@ -49,10 +27,10 @@ fn request(i: u64) -> Request {
     }
     headers.push(("x-model".into(), format!("model-{}", i % 40).into_bytes()));
     headers.push(("x-task".into(), format!("task-{}", i % 60).into_bytes()));
-    Request {
-        headers,
-        path: b"/v1/chat/completions".to_vec(),
-    }
+    TestHost::with_header_bytes(headers)
+        .property("request.path", b"/v1/chat/completions")
+        .property("request.url_path", b"/v1/chat/completions")
+        .quiet()
 }
 
 fn decide(c: &mut Criterion) {

@@ -29,9 +29,14 @@ pub use document::PolicyDocument;
 pub use error::{PolicyError, PolicyErrors};
 pub use limits::Limits;
 pub use policy::{
-    content_version, LogLevel, Policy, PolicyDescription, RuleDescription, DEFAULT_ROUTING_HEADER,
+    content_version, fnv1a64, LogLevel, Policy, PolicyDescription, RuleDescription,
+    DEFAULT_ROUTING_HEADER,
 };
 pub use router::Router;
+
+/// A fixed, recording host for tests and benchmarks (not in the wasm build).
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 
 #[cfg(test)]
 mod tests;

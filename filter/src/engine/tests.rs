@@ -1,53 +1,8 @@
-//! Semantics of the engine, through the public API with a recording host.
+//! Semantics of the engine, through the public API with a recording host
+//! (`testing::TestHost`).
 
-use std::collections::BTreeMap;
-
+use super::testing::TestHost;
 use super::*;
-
-/// A host with fixed headers and properties that records every lookup.
-#[derive(Default)]
-pub(super) struct TestHost {
-    headers: Vec<(String, Vec<u8>)>,
-    properties: BTreeMap<String, Vec<u8>>,
-    lookups: Vec<String>,
-}
-
-impl TestHost {
-    pub(super) fn with_headers(headers: &[(&str, &str)]) -> TestHost {
-        TestHost {
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-            ..TestHost::default()
-        }
-    }
-
-    fn property(mut self, path: &str, value: &[u8]) -> TestHost {
-        self.properties.insert(path.to_string(), value.to_vec());
-        self
-    }
-}
-
-impl AttributeHost for TestHost {
-    fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
-        self.lookups.push(format!("header:{name}"));
-        // Like Envoy: the first value of a repeated header.
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    }
-    fn request_headers(&mut self) -> Vec<(String, Vec<u8>)> {
-        self.lookups.push("headers:*".to_string());
-        self.headers.clone()
-    }
-    fn property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
-        let key = path.join(".");
-        self.lookups.push(format!("property:{key}"));
-        self.properties.get(&key).cloned()
-    }
-}
 
 const EXAMPLE: &str = r#"
 clusters:
@@ -386,14 +341,11 @@ rules:
 #[test]
 fn odd_header_values_never_panic() {
     let p = load(EXAMPLE);
-    let mut host = TestHost {
-        headers: vec![
-            ("x-tenant".into(), vec![0xff, 0xfe, b'a']),
-            ("x-user-region".into(), "é\u{0}".as_bytes().to_vec()),
-            ("x-task".into(), vec![b'r'; 1 << 20]),
-        ],
-        ..TestHost::default()
-    };
+    let mut host = TestHost::with_header_bytes(vec![
+        ("x-tenant".into(), vec![0xff, 0xfe, b'a']),
+        ("x-user-region".into(), "é\u{0}".as_bytes().to_vec()),
+        ("x-task".into(), vec![b'r'; 1 << 20]),
+    ]);
     let d = p.decide(&mut host, true);
     assert_eq!(routed(&d), ("aws-us-east-1", "default"));
 }
@@ -727,11 +679,7 @@ fn fast_paths_decide_exactly_as_the_interpreter() {
             let (interpreted, removed) = load(&text).without_fast_paths();
             recognised += removed;
             for (i, host) in variants().into_iter().enumerate() {
-                let mut a = TestHost {
-                    headers: host.headers.clone(),
-                    properties: host.properties.clone(),
-                    lookups: Vec::new(),
-                };
+                let mut a = host.clone();
                 let mut b = host;
                 let x = fast.decide(&mut a, true);
                 let y = interpreted.decide(&mut b, true);

@@ -1,7 +1,7 @@
 //! Hostile and careless policies: refused at load with the limit named, or,
 //! when they slip past the estimate, stopped by the evaluation budget.
 
-use super::tests::TestHost;
+use super::testing::TestHost;
 use super::*;
 
 const INVENTORY: &str = "clusters:\n  a: {x: 1, tags: [red, blue]}\n  b: {x: 2, tags: [green]}\n";

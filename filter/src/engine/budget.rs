@@ -10,12 +10,12 @@
 
 use std::cell::Cell;
 
-use cel::common::ast::{operators, CallExpr, EntryExpr, Expr, IdedExpr, LiteralValue};
+use cel::common::ast::{CallExpr, EntryExpr, Expr, IdedExpr, LiteralValue};
 use cel::common::types::{CelInt, DYN_TYPE, INT_TYPE};
 use cel::common::value::CowVal;
 use cel::{Env, ExecutionError};
 
-use super::cost::{BUILDERS, BYTES_PER_UNIT};
+use super::cost::{appends_to, BUILDERS, BYTES_PER_UNIT};
 
 /// Wraps a comprehension's range: `@celroute_iterate(range, nodes)`.
 const ITERATE: &str = "@celroute_iterate";
@@ -135,7 +135,9 @@ impl Instrument {
                 for arg in &mut call.args {
                     self.walk(arg);
                 }
-                if BUILDERS.contains(&call.func_name.as_str()) && !self.appends(call) {
+                if BUILDERS.contains(&call.func_name.as_str())
+                    && !appends_to(call, self.accumulators.last())
+                {
                     let inner = std::mem::take(e);
                     *e = wrap(BUILT, vec![inner]);
                 }
@@ -180,14 +182,6 @@ impl Instrument {
             }
             Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
         }
-    }
-
-    /// `@result + [x]`: a map or filter appending in place, which the
-    /// interpreter recognises by this very shape; its iterations are charged.
-    fn appends(&self, call: &CallExpr) -> bool {
-        call.func_name == operators::ADD
-            && matches!(call.args.first().map(|a| &a.expr),
-                Some(Expr::Ident(n)) if self.accumulators.contains(n))
     }
 }
 

@@ -197,7 +197,7 @@ impl Bound {
         }
     }
 
-    fn string(bytes: u64) -> Bound {
+    pub(crate) fn string(bytes: u64) -> Bound {
         Bound {
             bytes,
             ..Bound::default()
@@ -205,7 +205,7 @@ impl Bound {
     }
 
     /// A container of `count` elements, each within `element`.
-    fn container(count: u64, element: Bound) -> Bound {
+    pub(crate) fn container(count: u64, element: Bound) -> Bound {
         Bound {
             count,
             nested: element.count.max(element.nested),
@@ -290,6 +290,15 @@ struct Estimator<'a> {
     scopes: Vec<(String, Bound)>,
     /// Accumulator names of the enclosing comprehensions.
     accumulators: Vec<String>,
+}
+
+/// `@result + [x]`, with `accumulator` the innermost comprehension's: the
+/// step of a map or filter, which the interpreter recognises by this very
+/// shape and runs as an append in place. Its cost is its iterations'.
+pub(crate) fn appends_to(call: &cel::common::ast::CallExpr, accumulator: Option<&String>) -> bool {
+    call.func_name == operators::ADD
+        && matches!(call.args.first().map(|a| &a.expr),
+            Some(Expr::Ident(n)) if accumulator == Some(n))
 }
 
 /// Functions that build a string or list whose size depends on their input.
@@ -452,10 +461,7 @@ impl Estimator<'_> {
 
     fn call(&mut self, call: &cel::common::ast::CallExpr) -> Estimate {
         let name = call.func_name.as_str();
-        // `@result + [x]` in a map or filter appends in place.
-        let appends = name == operators::ADD
-            && matches!(call.args.first().map(|a| &a.expr),
-                Some(Expr::Ident(n)) if self.accumulators.last() == Some(n));
+        let appends = appends_to(call, self.accumulators.last());
         let mut cost: u64 = 1;
         let mut args = Vec::with_capacity(call.args.len() + 1);
         for arg in call.target.iter().map(|t| t.as_ref()).chain(&call.args) {

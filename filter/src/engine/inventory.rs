@@ -83,7 +83,14 @@ pub(crate) fn cost_inventory(clusters: &[(String, Value)]) -> cost::Inventory {
     cost::Inventory {
         fields,
         cluster,
-        clusters: Bound::of(&clusters_map(clusters)),
+        // The bound of `clusters_map(clusters)`, without building it again.
+        clusters: Bound::container(
+            clusters.len() as u64,
+            clusters
+                .iter()
+                .map(|(name, _)| Bound::string(name.len() as u64))
+                .fold(cluster, Bound::max),
+        ),
     }
 }
 
@@ -116,5 +123,31 @@ pub(crate) fn json_to_cel(value: &serde_json::Value) -> Value {
                     .collect(),
             ),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clusters_bound_is_that_of_the_clusters_map() {
+        let cluster = |json: serde_json::Value| json_to_cel(&json);
+        let clusters = vec![
+            (
+                "a-rather-long-cluster-name".to_string(),
+                cluster(serde_json::json!({"tags": ["x", "y", "z"], "n": 1})),
+            ),
+            (
+                "b".to_string(),
+                cluster(
+                    serde_json::json!({"deep": {"list": [[1, 2, 3, 4, 5]]}, "s": "long string value"}),
+                ),
+            ),
+        ];
+        assert_eq!(
+            cost_inventory(&clusters).clusters,
+            Bound::of(&clusters_map(&clusters))
+        );
     }
 }

@@ -6,11 +6,14 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use cel::common::ast::{operators, EntryExpr, Expr, IdedExpr, LiteralValue};
+use cel::common::ast::{
+    operators, CallExpr, ComprehensionExpr, EntryExpr, Expr, IdedExpr, LiteralValue, SelectExpr,
+};
 use cel::{Context, Env};
 
 use super::attributes::{catalog_index, fields_of, AttributeNeeds, ROOTS};
 use super::error::did_you_mean;
+use super::live::{LiveFields, LIVE};
 
 /// Where an expression stands in a rule: what it may read depends on it.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -88,16 +91,87 @@ const TYPE_NAMES: [&str; 11] = [
 /// Walks one expression's AST: records the attributes it reads and the
 /// problems that would make it fail on every request.
 pub(crate) struct Analysis<'a> {
-    pub(crate) known: &'a FunctionCatalog,
-    pub(crate) cluster_fields: &'a BTreeSet<String>,
-    pub(crate) field: Field,
+    known: &'a FunctionCatalog,
+    cluster_fields: &'a BTreeSet<String>,
+    live_fields: &'a LiveFields,
+    field: Field,
+    /// The request attributes it reads.
     pub(crate) needs: AttributeNeeds,
+    /// Whether it may read live cluster state: `cluster.live`, any `.live`
+    /// selection, or a whole cluster value (`cluster` or `clusters` used as
+    /// a value). Never set when no live field exists.
+    pub(crate) reads_live: bool,
     pub(crate) problems: Vec<(u64, String)>,
     /// Variables bound by enclosing comprehensions (`exists(h, ...)`).
-    pub(crate) scopes: Vec<String>,
+    scopes: Vec<String>,
 }
 
-impl Analysis<'_> {
+impl<'a> Analysis<'a> {
+    pub(crate) fn new(
+        known: &'a FunctionCatalog,
+        cluster_fields: &'a BTreeSet<String>,
+        live_fields: &'a LiveFields,
+        field: Field,
+    ) -> Analysis<'a> {
+        Analysis {
+            known,
+            cluster_fields,
+            live_fields,
+            field,
+            needs: AttributeNeeds::default(),
+            reads_live: false,
+            problems: Vec::new(),
+            scopes: Vec::new(),
+        }
+    }
+
+    /// `cluster.live`, unshadowed, in a build with live fields.
+    fn is_cluster_live(&self, e: &IdedExpr) -> bool {
+        match &e.expr {
+            Expr::Select(s) => {
+                s.field == LIVE
+                    && !self.live_fields.is_empty()
+                    && matches!(&s.operand.expr, Expr::Ident(root) if root == "cluster" && !self.bound(root))
+            }
+            _ => false,
+        }
+    }
+
+    /// `cluster.live.<field>`: a known live field, or the problem.
+    fn live_field(&mut self, id: u64, field: &str) {
+        self.cluster_available(id);
+        self.reads_live = true;
+        if !self.live_fields.contains(field) {
+            let hint = did_you_mean(field, self.live_fields.names())
+                .map(|c| format!(" (did you mean '{c}'?)"))
+                .unwrap_or_else(|| {
+                    let names: Vec<_> = self.live_fields.names().collect();
+                    format!(" (live fields: {})", names.join(", "))
+                });
+            self.problem(
+                id,
+                format!("unknown live field 'cluster.live.{field}'{hint}"),
+            );
+        }
+    }
+
+    /// `cluster.<field>`: an inventory attribute, `live`, or the problem.
+    fn cluster_field(&mut self, id: u64, field: &str) {
+        self.cluster_available(id);
+        if field == LIVE && !self.live_fields.is_empty() {
+            self.reads_live = true;
+            return;
+        }
+        if !self.cluster_fields.contains(field) {
+            let hint = did_you_mean(field, self.cluster_fields.iter().map(String::as_str))
+                .map(|c| format!(" (did you mean '{c}'?)"))
+                .unwrap_or_default();
+            let message =
+                format!("no cluster in the inventory has the attribute 'cluster.{field}'{hint}");
+            self.problem(id, message);
+        }
+    }
+
     fn bound(&self, name: &str) -> bool {
         self.scopes.iter().any(|s| s == name)
     }
@@ -133,101 +207,9 @@ impl Analysis<'_> {
     pub(crate) fn walk(&mut self, e: &IdedExpr) {
         match &e.expr {
             Expr::Ident(name) => self.ident(e.id, name),
-            Expr::Select(select) => {
-                if self.is_headers(&select.operand) {
-                    // request.headers.name, has(request.headers.name)
-                    self.needs.add_header(&select.field);
-                    return;
-                }
-                if let Expr::Ident(root) = &select.operand.expr {
-                    if !self.bound(root) {
-                        if ROOTS.contains(&root.as_str()) {
-                            return self.attribute(e.id, root, &select.field);
-                        }
-                        if root == "cluster" {
-                            self.cluster_available(e.id);
-                            if !self.cluster_fields.contains(&select.field) {
-                                let hint = did_you_mean(
-                                    &select.field,
-                                    self.cluster_fields.iter().map(String::as_str),
-                                )
-                                .map(|c| format!(" (did you mean '{c}'?)"))
-                                .unwrap_or_default();
-                                let message = format!(
-                                    "no cluster in the inventory has the attribute 'cluster.{}'{hint}",
-                                    select.field
-                                );
-                                self.problem(e.id, message);
-                            }
-                            return;
-                        }
-                    }
-                }
-                self.walk(&select.operand);
-            }
-            Expr::Call(call) => {
-                let name = call.func_name.as_str();
-                if (name == operators::INDEX || name == operators::OPT_INDEX)
-                    && call.args.len() == 2
-                    && self.is_headers(&call.args[0])
-                {
-                    if !self.header_key(e.id, &call.args[1]) {
-                        self.needs.add_all_headers();
-                        self.walk(&call.args[1]);
-                    }
-                    return;
-                }
-                if name == operators::IN && call.args.len() == 2 && self.is_headers(&call.args[1]) {
-                    if !self.header_key(e.id, &call.args[0]) {
-                        self.needs.add_all_headers();
-                        self.walk(&call.args[0]);
-                    }
-                    return;
-                }
-                let is_operator = name.starts_with('_')
-                    || name.starts_with('@')
-                    || name.starts_with('!')
-                    || name.starts_with('-');
-                let mut walk_target = true;
-                if !is_operator {
-                    let qualified = call
-                        .target
-                        .as_deref()
-                        .and_then(|t| self.namespace(t))
-                        .map(|ns| format!("{ns}.{name}"));
-                    match qualified {
-                        Some(q) if self.known.knows(&q) => walk_target = false,
-                        _ if self.known.knows(name) => {}
-                        Some(q) => {
-                            self.problem(e.id, format!("unknown function '{q}'"));
-                            walk_target = false;
-                        }
-                        None => self.problem(e.id, format!("unknown function '{name}'")),
-                    }
-                }
-                if walk_target {
-                    if let Some(target) = &call.target {
-                        self.walk(target);
-                    }
-                }
-                for arg in &call.args {
-                    self.walk(arg);
-                }
-            }
-            Expr::Comprehension(c) => {
-                self.walk(&c.iter_range);
-                self.walk(&c.accu_init);
-                let depth = self.scopes.len();
-                self.scopes.push(c.iter_var.clone());
-                if let Some(v) = &c.iter_var2 {
-                    self.scopes.push(v.clone());
-                }
-                self.scopes.push(c.accu_var.clone());
-                self.walk(&c.loop_cond);
-                self.walk(&c.loop_step);
-                self.walk(&c.result);
-                self.scopes.truncate(depth);
-            }
+            Expr::Select(select) => self.select(e.id, select),
+            Expr::Call(call) => self.call(e.id, call),
+            Expr::Comprehension(c) => self.comprehension(c),
             Expr::List(list) => list.elements.iter().for_each(|x| self.walk(x)),
             Expr::Map(map) => {
                 for entry in &map.entries {
@@ -248,6 +230,98 @@ impl Analysis<'_> {
         }
     }
 
+    fn select(&mut self, id: u64, select: &SelectExpr) {
+        if self.is_headers(&select.operand) {
+            // request.headers.name, has(request.headers.name)
+            self.needs.add_header(&select.field);
+            return;
+        }
+        if self.is_cluster_live(&select.operand) {
+            return self.live_field(id, &select.field);
+        }
+        if let Expr::Ident(root) = &select.operand.expr {
+            if !self.bound(root) {
+                if ROOTS.contains(&root.as_str()) {
+                    return self.attribute(id, root, &select.field);
+                }
+                if root == "cluster" {
+                    return self.cluster_field(id, &select.field);
+                }
+            }
+        }
+        if select.field == LIVE && !self.live_fields.is_empty() {
+            // `clusters['aws'].live`, `c.live` in a comprehension
+            self.reads_live = true;
+        }
+        self.walk(&select.operand);
+    }
+
+    fn call(&mut self, id: u64, call: &CallExpr) {
+        let name = call.func_name.as_str();
+        if (name == operators::INDEX || name == operators::OPT_INDEX)
+            && call.args.len() == 2
+            && self.is_headers(&call.args[0])
+        {
+            return self.header_lookup(id, &call.args[1]);
+        }
+        if name == operators::IN && call.args.len() == 2 && self.is_headers(&call.args[1]) {
+            return self.header_lookup(id, &call.args[0]);
+        }
+        let is_operator = name.starts_with('_')
+            || name.starts_with('@')
+            || name.starts_with('!')
+            || name.starts_with('-');
+        let mut walk_target = true;
+        if !is_operator {
+            let qualified = call
+                .target
+                .as_deref()
+                .and_then(|t| self.namespace(t))
+                .map(|ns| format!("{ns}.{name}"));
+            match qualified {
+                Some(q) if self.known.knows(&q) => walk_target = false,
+                _ if self.known.knows(name) => {}
+                Some(q) => {
+                    self.problem(id, format!("unknown function '{q}'"));
+                    walk_target = false;
+                }
+                None => self.problem(id, format!("unknown function '{name}'")),
+            }
+        }
+        if walk_target {
+            if let Some(target) = &call.target {
+                self.walk(target);
+            }
+        }
+        for arg in &call.args {
+            self.walk(arg);
+        }
+    }
+
+    /// `request.headers[key]` or `key in request.headers`: one header when
+    /// the key is a literal, else the whole map.
+    fn header_lookup(&mut self, id: u64, key: &IdedExpr) {
+        if !self.header_key(id, key) {
+            self.needs.add_all_headers();
+            self.walk(key);
+        }
+    }
+
+    fn comprehension(&mut self, c: &ComprehensionExpr) {
+        self.walk(&c.iter_range);
+        self.walk(&c.accu_init);
+        let depth = self.scopes.len();
+        self.scopes.push(c.iter_var.clone());
+        if let Some(v) = &c.iter_var2 {
+            self.scopes.push(v.clone());
+        }
+        self.scopes.push(c.accu_var.clone());
+        self.walk(&c.loop_cond);
+        self.walk(&c.loop_step);
+        self.walk(&c.result);
+        self.scopes.truncate(depth);
+    }
+
     /// A qualified name that is not a variable (`math` in `math.greatest(...)`).
     fn namespace(&self, target: &IdedExpr) -> Option<String> {
         match &target.expr {
@@ -260,8 +334,15 @@ impl Analysis<'_> {
     }
 
     fn ident(&mut self, id: u64, name: &str) {
-        // `clusters` is served from the inventory, never fetched.
-        if self.bound(name) || TYPE_NAMES.contains(&name) || name == "clusters" {
+        if self.bound(name) || TYPE_NAMES.contains(&name) {
+            return;
+        }
+        if name == "clusters" || name == "cluster" {
+            // A whole cluster value (or all of them) carries its live state;
+            // never fetched from the request.
+            self.reads_live |= !self.live_fields.is_empty();
+        }
+        if name == "clusters" {
             return;
         }
         if ROOTS.contains(&name) {

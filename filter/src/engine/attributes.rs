@@ -205,10 +205,9 @@ impl Fetched {
         Fetched { slots, all_headers }
     }
 
-    /// Writes the cache key into `key`: each slot as a presence byte, then
+    /// Appends the cache key to `key`: each slot as a presence byte, then
     /// length and bytes, so that no two different requests share a key.
     pub(crate) fn key(&self, key: &mut Vec<u8>) {
-        key.clear();
         for slot in &self.slots {
             match slot {
                 None => key.push(0),

@@ -1,9 +1,12 @@
 //! The decision cache: a bounded LRU map from the raw values of the
 //! attributes a policy reads to the decision it made for them.
 //!
-//! A decision is a pure function of the policy and those values (CEL has no
-//! side effects and the cluster inventory is part of the policy), so a cached
-//! decision is exactly what evaluating again would give. The cache belongs to
+//! A decision is a pure function of the policy, those values and the live
+//! snapshot it was decided under (CEL has no side effects and the cluster
+//! inventory is part of the policy), so a cached decision is exactly what
+//! evaluating again would give. For a policy that reads live state, the
+//! snapshot's epoch leads the key: a new snapshot never meets an entry of
+//! an older one. The cache belongs to
 //! one compiled policy: a new configuration starts with an empty one. A policy
 //! that reads a per-request attribute (`request.id`, `request.time`,
 //! `source.port`, `connection.id`) or the whole header map gets no cache.
@@ -72,6 +75,7 @@ impl DecisionCache {
     /// (then cached), and which of the two it was.
     pub(crate) fn get_or_decide(
         &self,
+        epoch: Option<u64>,
         fetched: Fetched,
         decide: impl FnOnce(Fetched) -> Decision,
     ) -> (Arc<Decision>, Served) {
@@ -81,6 +85,10 @@ impl DecisionCache {
             return (Arc::new(decide(fetched)), Served::Evaluated);
         };
         let State { entries, key } = &mut *state;
+        key.clear();
+        if let Some(epoch) = epoch {
+            key.extend_from_slice(&epoch.to_le_bytes());
+        }
         fetched.key(key);
         if key.len() > MAX_KEY_BYTES {
             self.misses.fetch_add(1, Ordering::Relaxed);

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use super::attributes::{AttributeHost, Attributes, Fetched, ROOTS};
 use super::budget;
 use super::decision::{Decision, Outcome, StepResult, Trace, TraceStep};
+use super::live::LiveView;
 use super::policy::{Action, Expression, Policy};
 use cel::common::value::CowVal;
 use cel::context::VariableResolver;
@@ -31,16 +32,24 @@ use cel::{Context, Value};
 impl Policy {
     /// Decides one request, fetching from `host` only the attributes the
     /// policy reads. Uncached: a [`super::Router`] adds the decision cache.
+    /// Live cluster state is absent: a [`super::Router`] holds the snapshot.
     pub fn decide(&self, host: &mut dyn AttributeHost, trace: bool) -> Decision {
         let fetched = Fetched::fetch(host, &self.needs);
-        self.decide_with(&fetched.into_attributes(&self.needs), trace)
+        self.decide_with(&fetched.into_attributes(&self.needs), None, trace)
     }
 
-    /// Decides one request from attributes already fetched.
-    pub fn decide_with(&self, attributes: &Attributes, trace: bool) -> Decision {
+    /// Decides one request from attributes already fetched, under a live
+    /// snapshot (`None`: every live value is absent).
+    pub(crate) fn decide_with(
+        &self,
+        attributes: &Attributes,
+        live: Option<&LiveView>,
+        trace: bool,
+    ) -> Decision {
         budget::start(self.limits.evaluation_budget);
         let inventory = Inventory {
             policy: self,
+            live,
             current: AtomicUsize::new(0),
         };
         let mut run = Run {
@@ -78,24 +87,27 @@ impl Expression {
 }
 
 /// Serves `cluster` (the candidate being judged) and `clusters` from the
-/// values converted at load time, so no inventory value is copied per request.
+/// values converted at load time (or when the live snapshot arrived), so no
+/// inventory value is copied per request.
 pub(crate) struct Inventory<'a> {
     pub(crate) policy: &'a Policy,
+    /// The live snapshot, for a policy that reads live state.
+    pub(crate) live: Option<&'a LiveView>,
     /// Index of the candidate `cluster` names.
     pub(crate) current: AtomicUsize,
 }
 
 impl VariableResolver for Inventory<'_> {
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
-        match variable {
-            "cluster" => self
-                .policy
-                .clusters
-                .get(self.current.load(AtomicOrdering::Relaxed))
-                .map(|c| CowVal::Borrowed(c.value.as_ref())),
-            "clusters" => Some(CowVal::Borrowed(self.policy.clusters_value.as_ref())),
-            _ => None,
-        }
+        let current = self.current.load(AtomicOrdering::Relaxed);
+        let value = match (variable, self.live) {
+            ("cluster", Some(live)) => live.clusters.get(current)?,
+            ("cluster", None) => &self.policy.clusters.get(current)?.value,
+            ("clusters", Some(live)) => &live.clusters_value,
+            ("clusters", None) => &self.policy.clusters_value,
+            _ => return None,
+        };
+        Some(CowVal::Borrowed(value.as_ref()))
     }
 }
 

@@ -41,6 +41,13 @@ pub(crate) fn compile_clusters(
                 ));
                 continue;
             }
+            if field == super::live::LIVE {
+                errors.push(PolicyError::new(
+                    format!("{at}.{field}"),
+                    "'live' holds the cluster's live state (cluster.live); choose another attribute name",
+                ));
+                continue;
+            }
             fields.insert(field.clone());
             map.insert(Key::String(Arc::new(field.clone())), json_to_cel(value));
         }

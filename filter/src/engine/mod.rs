@@ -18,6 +18,7 @@ mod error;
 mod fast;
 mod inventory;
 pub mod limits;
+mod live;
 mod policy;
 mod precompute;
 mod router;
@@ -28,6 +29,7 @@ pub use decision::{Decision, Outcome, StepResult, Trace, TraceStep};
 pub use document::PolicyDocument;
 pub use error::{PolicyError, PolicyErrors};
 pub use limits::Limits;
+pub use live::{LiveFields, LiveSnapshot, Reads, LIVE};
 pub use policy::{
     content_version, fnv1a64, LogLevel, Policy, PolicyDescription, RuleDescription,
     DEFAULT_ROUTING_HEADER,
@@ -42,3 +44,5 @@ pub mod testing;
 mod tests;
 #[cfg(test)]
 mod tests_limits;
+#[cfg(test)]
+mod tests_live;

@@ -8,6 +8,7 @@ use cel::{Env, Value};
 
 use super::attributes::AttributeNeeds;
 use super::limits::Limits;
+use super::live::{LiveFields, Reads};
 
 /// Default request header that carries the chosen cluster to Envoy.
 pub const DEFAULT_ROUTING_HEADER: &str = "x-celroute-cluster";
@@ -40,6 +41,11 @@ pub struct Policy {
     pub(crate) rules: Vec<Rule>,
     pub(crate) default: Option<usize>,
     pub(crate) needs: AttributeNeeds,
+    /// The live cluster fields this policy could name (`cluster.live.*`).
+    pub(crate) live_fields: LiveFields,
+    /// Some expression reads live cluster state: decisions depend on the
+    /// snapshot as well as on the request.
+    pub(crate) reads_live: bool,
     /// Which attribute roots to bind per request (those the policy reads).
     pub(crate) bound_roots: [bool; 4],
     pub(crate) routing_header: String,
@@ -57,6 +63,8 @@ pub struct Policy {
 
 pub(crate) struct Cluster {
     pub(crate) name: String,
+    /// The cluster's attributes plus `name`, as written in the inventory.
+    pub(crate) attributes: Value,
     /// The cluster's attributes plus `name`, as `cluster` in CEL, converted
     /// once here so that binding it per evaluation copies nothing.
     pub(crate) value: Box<dyn cel::common::value::Val>,
@@ -81,10 +89,12 @@ pub(crate) struct Expression {
     pub(crate) executable: cel::common::ast::IdedExpr,
     /// Worst-case cost of one evaluation, estimated at load.
     pub(crate) cost: u64,
-    /// Reads no request attribute: its value depends only on the inventory.
-    pub(crate) request_independent: bool,
-    /// For a per-cluster expression (`require`, `order_by`) that reads no
-    /// request attribute: its result for each cluster, evaluated once at load.
+    /// What its value depends on, and so when it may be evaluated.
+    pub(crate) reads: Reads,
+    /// Reads live cluster state (whatever else it reads).
+    pub(crate) reads_live: bool,
+    /// For a per-cluster expression (`require`, `order_by`) that reads only
+    /// the inventory: its result for each cluster, evaluated once at load.
     pub(crate) per_cluster: Option<Vec<Result<Value, cel::ExecutionError>>>,
     /// For a `when`: the same condition evaluated without the interpreter.
     pub(crate) fast: Option<super::fast::Fast>,

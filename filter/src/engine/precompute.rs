@@ -1,6 +1,7 @@
 //! Load-time results: every `require` and `order_by` that reads only the
 //! inventory is evaluated once per cluster when the policy loads, within the
-//! evaluation budget, so that no request evaluates it again.
+//! evaluation budget, so that no request evaluates it again. One that reads
+//! live cluster state is not: its value changes with each snapshot.
 
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 
@@ -9,11 +10,12 @@ use cel::Context;
 use super::budget;
 use super::decide::Inventory;
 use super::error::{PolicyError, PolicyErrors};
+use super::live::Reads;
 use super::policy::{Action, Policy};
 
 impl Policy {
     /// Evaluates, for every cluster, each `require` and `order_by` that reads
-    /// no request attribute: their results cannot change per request.
+    /// only the inventory: their results cannot change while the policy is loaded.
     ///
     /// All of it shares one evaluation budget; a policy whose precomputation
     /// would spend more, by estimate or in fact, is refused.
@@ -23,7 +25,7 @@ impl Policy {
         let mut estimated: u64 = 0;
         for (r, rule) in self.rules.iter().enumerate() {
             if let Action::Require(e) | Action::OrderBy { key: e, .. } = &rule.action {
-                if e.request_independent {
+                if e.reads == Reads::Inventory {
                     estimated = estimated.saturating_add(e.cost.saturating_mul(clusters));
                     if estimated > budget {
                         return Err(PolicyError::new(
@@ -41,6 +43,7 @@ impl Policy {
         {
             let inventory = Inventory {
                 policy: self,
+                live: None,
                 current: AtomicUsize::new(0),
             };
             let mut context = Context::with_env(self.env.clone());
@@ -51,7 +54,7 @@ impl Policy {
                     Action::Require(e) | Action::OrderBy { key: e, .. } => e,
                     Action::Deny { .. } | Action::Prefer(_) => continue,
                 };
-                if !expression.request_independent {
+                if expression.reads != Reads::Inventory {
                     continue;
                 }
                 let per_cluster = (0..self.clusters.len())

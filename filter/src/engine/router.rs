@@ -1,26 +1,34 @@
 //! What the adapter calls per request: a loaded policy, which never changes,
-//! and the state kept beside it while it decides (the decision cache; later
-//! the live cluster snapshot). A new configuration gets a new router.
+//! and the state kept beside it while it decides: the decision cache and the
+//! live cluster snapshot. A new configuration gets a new router.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::attributes::{AttributeHost, Fetched};
 use super::cache::{CacheStats, DecisionCache, Served};
 use super::decision::Decision;
+use super::live::{LiveSnapshot, LiveView};
 use super::policy::Policy;
 
-/// A policy and its decision cache.
+/// A policy, its decision cache and the live snapshot it decides under.
 pub struct Router {
     policy: Policy,
     /// `None` when the policy's cache size is 0.
     cache: Option<DecisionCache>,
+    /// The current live snapshot, for a policy that reads live state.
+    live: Mutex<Option<Arc<LiveView>>>,
 }
 
 impl Router {
-    /// A router for `policy`, with the decision cache its options ask for.
+    /// A router for `policy`, with the decision cache its options ask for
+    /// and no live snapshot yet (every live value absent).
     pub fn new(policy: Policy) -> Router {
         let cache = DecisionCache::new(policy.decision_cache_size());
-        Router { policy, cache }
+        Router {
+            policy,
+            cache,
+            live: Mutex::new(None),
+        }
     }
 
     /// The policy this router decides with.
@@ -28,18 +36,52 @@ impl Router {
         &self.policy
     }
 
+    /// Replaces the live snapshot; decisions from here on see it, and none
+    /// is served from a cache entry decided under an earlier one.
+    pub fn set_live(&self, snapshot: &LiveSnapshot) {
+        if !self.policy.reads_live {
+            return;
+        }
+        if let Ok(mut live) = self.live.lock() {
+            let epoch = live.as_ref().map_or(1, |view| view.epoch + 1);
+            *live = Some(Arc::new(LiveView::new(&self.policy, snapshot, epoch)));
+        }
+    }
+
+    /// The epoch of the current live snapshot: 0 before the first, and for
+    /// a policy that reads no live state.
+    pub fn live_epoch(&self) -> u64 {
+        self.live_view().map_or(0, |view| view.epoch)
+    }
+
+    fn live_view(&self) -> Option<Arc<LiveView>> {
+        if !self.policy.reads_live {
+            return None;
+        }
+        self.live.lock().ok().and_then(|live| live.clone())
+    }
+
     /// Decides one request. Without a trace, the decision comes from the
-    /// cache when the same values were decided before.
+    /// cache when the same values were decided under the same snapshot.
     pub fn decide(&self, host: &mut dyn AttributeHost, trace: bool) -> (Arc<Decision>, Served) {
         let policy = &self.policy;
+        let live = self.live_view();
+        let fetched = Fetched::fetch(host, &policy.needs);
         match &self.cache {
             Some(cache) if !trace => {
-                let fetched = Fetched::fetch(host, &policy.needs);
-                cache.get_or_decide(fetched, |fetched| {
-                    policy.decide_with(&fetched.into_attributes(&policy.needs), false)
+                let epoch = policy
+                    .reads_live
+                    .then(|| live.as_ref().map_or(0, |v| v.epoch));
+                cache.get_or_decide(epoch, fetched, |fetched| {
+                    let attributes = fetched.into_attributes(&policy.needs);
+                    policy.decide_with(&attributes, live.as_deref(), false)
                 })
             }
-            _ => (Arc::new(policy.decide(host, trace)), Served::Evaluated),
+            _ => {
+                let attributes = fetched.into_attributes(&policy.needs);
+                let decision = policy.decide_with(&attributes, live.as_deref(), trace);
+                (Arc::new(decision), Served::Evaluated)
+            }
         }
     }
 

@@ -1,21 +1,15 @@
-//! What an expression may cost, known before it runs.
-//!
-//! Two measures, both taken at load:
-//! - [`nesting_depth`] reads the expression's tokens, before the parser sees
-//!   them, and bounds how deeply its syntax tree nests. The parser, the
-//!   analysis and the interpreter all recurse along that depth, and a wasm
-//!   VM's stack is small: an expression nested too deeply is refused before
-//!   anything recurses over it.
-//! - [`estimate`] walks the parsed syntax tree and gives an upper bound of its
-//!   cost, in the units of the run-time budget (see `budget.rs`): one per node
-//!   evaluated (once per iteration inside a comprehension), one per list
-//!   element or map entry a function builds, one per 64 bytes of string it
-//!   builds. Sizes come from the inventory, which is known, and for request
-//!   values from documented bounds ([`REQUEST_VALUE_BYTES`], [`REQUEST_HEADERS`]).
+//! What an expression may cost, known before it runs: [`estimate`] walks the
+//! parsed syntax tree and gives an upper bound of its cost, in the units of
+//! the run-time budget (see `budget.rs`): one per node evaluated (once per
+//! iteration inside a comprehension), one per list element or map entry a
+//! function builds, one per 64 bytes of string it builds. Sizes come from the
+//! inventory, which is known, and for request values from documented bounds
+//! ([`REQUEST_VALUE_BYTES`], [`REQUEST_HEADERS`]). How deeply an expression
+//! nests is measured apart, on its text (`depth.rs`).
 
 use std::collections::HashMap;
 
-use cel::common::ast::{operators, EntryExpr, Expr, IdedExpr, LiteralValue};
+use cel::common::ast::{operators, ComprehensionExpr, EntryExpr, Expr, IdedExpr, LiteralValue};
 use cel::Value;
 
 /// Bytes the estimate assumes for any request value (a header, a path).
@@ -26,155 +20,6 @@ pub const REQUEST_VALUE_BYTES: u64 = 8_192;
 pub const REQUEST_HEADERS: u64 = 100;
 /// Bytes of built string that cost one unit.
 pub const BYTES_PER_UNIT: u64 = 64;
-
-/// An upper bound of how deeply `source` nests, from its tokens alone.
-///
-/// Within one operand of `&&` / `||`, every operator, field selection,
-/// index, call and bracket adds one level, and a bracketed sub-expression
-/// adds its own depth. Chains of `&&` and `||` add the logarithm of their
-/// length, as the parser balances them; each `?` adds one level to its
-/// whole segment; a comma starts a sibling.
-pub fn nesting_depth(source: &str) -> usize {
-    #[derive(Default)]
-    struct Level {
-        /// Operators in the current operand of `&&` / `||`.
-        chain: usize,
-        /// Deepest bracketed sub-expression in the current operand.
-        inner: usize,
-        /// Deepest operand of `&&` / `||` already closed in this segment.
-        operand: usize,
-        /// `&&` and `||` in this segment: balanced, they add their logarithm.
-        logic: usize,
-        /// `?` in this segment: a conditional wraps its whole condition.
-        ternary: usize,
-        /// Deepest segment of this level already closed by a comma.
-        best: usize,
-    }
-    impl Level {
-        fn depth(&self) -> usize {
-            let logic = (usize::BITS - self.logic.leading_zeros()) as usize;
-            let operand = self.operand.max(self.chain + self.inner);
-            self.best.max(self.ternary + logic + operand)
-        }
-    }
-    let bytes = source.as_bytes();
-    let mut levels = vec![Level::default()];
-    let mut i = 0;
-    while i < bytes.len() {
-        let c = bytes[i];
-        let next = bytes.get(i + 1).copied();
-        let mut step = 1;
-        let mut ops = 0;
-        match c {
-            b'\'' | b'"' => {
-                i = skip_string(bytes, i);
-                continue;
-            }
-            b'(' | b'[' | b'{' => {
-                if let Some(level) = levels.last_mut() {
-                    level.chain += 1;
-                }
-                levels.push(Level::default());
-            }
-            b')' | b']' | b'}' if levels.len() > 1 => {
-                close(&mut levels);
-            }
-            b',' => {
-                if let Some(level) = levels.last_mut() {
-                    *level = Level {
-                        best: level.depth(),
-                        ..Level::default()
-                    };
-                }
-            }
-            b'&' | b'|' if next == Some(c) => {
-                if let Some(level) = levels.last_mut() {
-                    level.operand = level.operand.max(level.chain + level.inner);
-                    (level.chain, level.inner) = (0, 0);
-                    level.logic += 1;
-                }
-                step = 2;
-            }
-            b'.' => {
-                let digit = |b: Option<&u8>| b.is_some_and(u8::is_ascii_digit);
-                if !(digit(bytes.get(i.wrapping_sub(1))) && digit(bytes.get(i + 1))) {
-                    ops = 1;
-                }
-            }
-            b'=' | b'!' | b'<' | b'>' => {
-                ops = 1;
-                if next == Some(b'=') {
-                    step = 2;
-                }
-            }
-            b'?' => {
-                if let Some(level) = levels.last_mut() {
-                    level.ternary += 1;
-                }
-            }
-            b'+' | b'-' | b'*' | b'/' | b'%' => ops = 1,
-            b'i' if next == Some(b'n')
-                && !bytes.get(i + 2).is_some_and(is_ident_byte)
-                && !(i > 0 && is_ident_byte(&bytes[i - 1])) =>
-            {
-                ops = 1;
-                step = 2;
-            }
-            _ if is_ident_byte(&c) => {
-                // Skip the rest of the identifier or number.
-                while bytes.get(i + step).is_some_and(is_ident_byte) {
-                    step += 1;
-                }
-            }
-            _ => {}
-        }
-        if let Some(level) = levels.last_mut() {
-            level.chain += ops;
-        }
-        i += step;
-    }
-    while levels.len() > 1 {
-        close(&mut levels);
-    }
-    return levels.last().map_or(0, Level::depth);
-
-    /// Ends the innermost bracket: its depth counts in the operand around it.
-    fn close(levels: &mut Vec<Level>) {
-        if let Some(closed) = levels.pop() {
-            if let Some(level) = levels.last_mut() {
-                level.inner = level.inner.max(closed.depth());
-            }
-        }
-    }
-}
-
-fn is_ident_byte(b: &u8) -> bool {
-    b.is_ascii_alphanumeric() || *b == b'_'
-}
-
-/// The index just past the string literal that starts at `start` (a quote).
-fn skip_string(bytes: &[u8], start: usize) -> usize {
-    let quote = bytes[start];
-    let raw = start > 0 && matches!(bytes[start - 1], b'r' | b'R');
-    let triple = bytes.get(start..start + 3) == Some(&[quote, quote, quote][..]);
-    let mut i = start + if triple { 3 } else { 1 };
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' if !raw => i += 2,
-            b if b == quote => {
-                if !triple {
-                    return i + 1;
-                }
-                if bytes.get(i..i + 3) == Some(&[quote, quote, quote][..]) {
-                    return i + 3;
-                }
-                i += 1;
-            }
-            _ => i += 1,
-        }
-    }
-    bytes.len()
-}
 
 /// An upper bound of a value's size.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -356,49 +201,51 @@ impl Estimator<'_> {
                 EntryExpr::StructField(f) => &f.value,
                 EntryExpr::MapEntry(m) => &m.value,
             })),
-            Expr::Comprehension(c) => {
-                let range = self.expr(&c.iter_range);
-                let init = self.expr(&c.accu_init);
-                let depth = self.scopes.len();
-                self.scopes
-                    .push((c.iter_var.clone(), range.bound.element()));
-                if let Some(v) = &c.iter_var2 {
-                    self.scopes.push((v.clone(), range.bound.element()));
-                }
-                let accu = Bound {
-                    count: init.bound.count.max(range.bound.count),
-                    ..init.bound
-                };
-                self.scopes.push((c.accu_var.clone(), accu));
-                self.accumulators.push(c.accu_var.clone());
-                let cond = self.expr(&c.loop_cond);
-                let step = self.expr(&c.loop_step);
-                let accu = accu.max(Bound {
-                    count: step
-                        .bound
-                        .count
-                        .min(range.bound.count.saturating_add(init.bound.count)),
-                    ..step.bound
-                });
-                if let Some(slot) = self.scopes.last_mut() {
-                    slot.1 = accu;
-                }
-                let result = self.expr(&c.result);
-                self.accumulators.pop();
-                self.scopes.truncate(depth);
-                let iterations = range.bound.count.max(1);
-                Estimate {
-                    cost: range
-                        .cost
-                        .saturating_add(init.cost)
-                        .saturating_add(
-                            iterations.saturating_mul(cond.cost.saturating_add(step.cost)),
-                        )
-                        .saturating_add(result.cost),
-                    bound: result.bound,
-                }
-            }
+            Expr::Comprehension(c) => self.comprehension(c),
             Expr::Unspecified => Estimate::default(),
+        }
+    }
+
+    /// A comprehension costs its range, then its condition and step once
+    /// per element, then its result.
+    fn comprehension(&mut self, c: &ComprehensionExpr) -> Estimate {
+        let range = self.expr(&c.iter_range);
+        let init = self.expr(&c.accu_init);
+        let depth = self.scopes.len();
+        self.scopes
+            .push((c.iter_var.clone(), range.bound.element()));
+        if let Some(v) = &c.iter_var2 {
+            self.scopes.push((v.clone(), range.bound.element()));
+        }
+        let accu = Bound {
+            count: init.bound.count.max(range.bound.count),
+            ..init.bound
+        };
+        self.scopes.push((c.accu_var.clone(), accu));
+        self.accumulators.push(c.accu_var.clone());
+        let cond = self.expr(&c.loop_cond);
+        let step = self.expr(&c.loop_step);
+        let accu = accu.max(Bound {
+            count: step
+                .bound
+                .count
+                .min(range.bound.count.saturating_add(init.bound.count)),
+            ..step.bound
+        });
+        if let Some(slot) = self.scopes.last_mut() {
+            slot.1 = accu;
+        }
+        let result = self.expr(&c.result);
+        self.accumulators.pop();
+        self.scopes.truncate(depth);
+        let iterations = range.bound.count.max(1);
+        Estimate {
+            cost: range
+                .cost
+                .saturating_add(init.cost)
+                .saturating_add(iterations.saturating_mul(cond.cost.saturating_add(step.cost)))
+                .saturating_add(result.cost),
+            bound: result.bound,
         }
     }
 
@@ -512,31 +359,6 @@ impl Estimator<'_> {
             cost = cost.saturating_add(bound.built());
         }
         Estimate { cost, bound }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn depth_counts_chains_brackets_and_balanced_logic() {
-        assert_eq!(nesting_depth("true"), 0);
-        assert_eq!(nesting_depth("a.b.c.d"), 3);
-        assert_eq!(nesting_depth("1 + 2 + 3"), 2);
-        assert_eq!(nesting_depth("((((true))))"), 4);
-        assert_eq!(nesting_depth("!!!!x"), 4);
-        assert_eq!(nesting_depth("[[[[1]]]][0][0]"), 6);
-        assert_eq!(nesting_depth("f(a.b.c, d)"), 3);
-        // 1,024 alternatives balance to a depth of about 10.
-        let alternatives = vec!["x == 'a'"; 1024].join(" || ");
-        assert_eq!(nesting_depth(&alternatives), 10 + 1);
-        assert_eq!(nesting_depth("a.b || c ? d : e.f.g"), 1 + 1 + 2);
-        // Operators inside string literals do not count.
-        assert_eq!(nesting_depth("'a.b.c(d)' == \"((\\\"))\""), 1);
-        assert_eq!(nesting_depth("r'\\' == '''(()'''"), 1);
-        assert_eq!(nesting_depth("1.5 + 2.25"), 1);
-        assert_eq!(nesting_depth("'x' in request.headers"), 2);
     }
 }
 

@@ -143,10 +143,18 @@ impl<'a> Run<'a> {
     }
 
     fn decide(&mut self) -> Decision {
-        let policy = self.policy;
-        let mut alive: Vec<usize> = (0..policy.clusters.len()).collect();
-        let mut emptied_by: Option<&str> = None;
+        let mut alive: Vec<usize> = (0..self.policy.clusters.len()).collect();
+        if let Some(denied) = self.constrain(&mut alive) {
+            return denied;
+        }
+        self.select(&alive)
+    }
 
+    /// Steps 1 and 2: denials and constraints, in document order. Returns
+    /// the denial, if the request is denied.
+    fn constrain(&mut self, alive: &mut Vec<usize>) -> Option<Decision> {
+        let policy = self.policy;
+        let mut emptied_by: Option<&str> = None;
         for rule in &policy.rules {
             let fail_closed = match &rule.action {
                 Action::Deny { .. } | Action::Require(_) => true,
@@ -165,71 +173,79 @@ impl<'a> Run<'a> {
             match &rule.action {
                 Action::Deny { status, message } => {
                     self.step(&rule.name, StepResult::Denied, Vec::new(), step_errors);
-                    return self.finish(
-                        Outcome::Deny {
-                            status: *status,
-                            message: message.clone(),
-                        },
-                        &rule.name,
-                        &alive,
-                    );
+                    let outcome = Outcome::Deny {
+                        status: *status,
+                        message: message.clone(),
+                    };
+                    return Some(self.finish(outcome, &rule.name, alive));
                 }
                 Action::Require(require) => {
-                    let mut excluded = Vec::new();
-                    let mut cluster_errors = Vec::new();
-                    alive.retain(|&c| {
-                        let cluster = &policy.clusters[c];
-                        let keep = match self.per_cluster(require, c) {
-                            Ok(Value::Bool(b)) => b,
-                            Ok(other) => {
-                                let e = format!(
-                                    "rule '{}': require on '{}': returned {} where a bool is needed",
-                                    rule.name,
-                                    cluster.name,
-                                    other.type_of()
-                                );
-                                cluster_errors.push(e);
-                                false
-                            }
-                            Err(e) => {
-                                let e = format!(
-                                    "rule '{}': require on '{}': {e}",
-                                    rule.name, cluster.name
-                                );
-                                cluster_errors.push(e);
-                                false
-                            }
-                        };
-                        if !keep {
-                            excluded.push(cluster.name.clone());
-                        }
-                        keep
-                    });
+                    let excluded = self.require(&rule.name, require, alive, &mut step_errors);
                     if alive.is_empty() && emptied_by.is_none() {
                         emptied_by = Some(&rule.name);
                     }
-                    self.errors.extend(cluster_errors.iter().cloned());
-                    step_errors.extend(cluster_errors);
                     self.step(&rule.name, StepResult::Constrained, excluded, step_errors);
                 }
                 Action::Prefer(_) | Action::OrderBy { .. } => {}
             }
         }
-
-        if alive.is_empty() {
-            let rule = emptied_by.unwrap_or("no-candidate");
-            return self.finish(
-                Outcome::Deny {
-                    status: policy.no_candidate_status,
-                    message: format!(
-                        "no cluster satisfies the policy's constraints: rule '{rule}' excluded the last candidates"
-                    ),
-                },
-                rule,
-                &alive,
-            );
+        if !alive.is_empty() {
+            return None;
         }
+        let rule = emptied_by.unwrap_or("no-candidate");
+        let outcome = Outcome::Deny {
+            status: policy.no_candidate_status,
+            message: format!(
+                "no cluster satisfies the policy's constraints: rule '{rule}' excluded the last candidates"
+            ),
+        };
+        Some(self.finish(outcome, rule, alive))
+    }
 
+    /// Keeps the candidates for which `require` is true; returns the names
+    /// of those it excluded. An error excludes the cluster.
+    fn require(
+        &mut self,
+        rule: &str,
+        require: &Expression,
+        alive: &mut Vec<usize>,
+        step_errors: &mut Vec<String>,
+    ) -> Vec<String> {
+        let policy = self.policy;
+        let mut excluded = Vec::new();
+        let mut cluster_errors = Vec::new();
+        alive.retain(|&c| {
+            let cluster = &policy.clusters[c];
+            let keep = match self.per_cluster(require, c) {
+                Ok(Value::Bool(b)) => b,
+                Ok(other) => {
+                    cluster_errors.push(format!(
+                        "rule '{rule}': require on '{}': returned {} where a bool is needed",
+                        cluster.name,
+                        other.type_of()
+                    ));
+                    false
+                }
+                Err(e) => {
+                    cluster_errors
+                        .push(format!("rule '{rule}': require on '{}': {e}", cluster.name));
+                    false
+                }
+            };
+            if !keep {
+                excluded.push(cluster.name.clone());
+            }
+            keep
+        });
+        self.errors.extend(cluster_errors.iter().cloned());
+        step_errors.extend(cluster_errors);
+        excluded
+    }
+
+    /// Steps 3 and 4: the first selection rule that picks a surviving
+    /// candidate, else the default, else the first survivor.
+    fn select(&mut self, alive: &[usize]) -> Decision {
+        let policy = self.policy;
         for rule in &policy.rules {
             let mut step_errors = Vec::new();
             let chosen = match &rule.action {
@@ -240,32 +256,27 @@ impl<'a> Run<'a> {
                 }
                 Action::Prefer(preferred) => preferred.iter().copied().find(|c| alive.contains(c)),
                 Action::OrderBy { key, descending } => {
-                    self.order_by(&rule.name, key, *descending, &alive, &mut step_errors)
+                    self.order_by(&rule.name, key, *descending, alive, &mut step_errors)
                 }
             };
             match chosen {
                 Some(c) => {
                     let cluster = policy.clusters[c].name.clone();
-                    self.step(
-                        &rule.name,
-                        StepResult::Selected {
-                            cluster: cluster.clone(),
-                        },
-                        Vec::new(),
-                        step_errors,
-                    );
-                    return self.finish(Outcome::Route { cluster }, &rule.name, &alive);
+                    let result = StepResult::Selected {
+                        cluster: cluster.clone(),
+                    };
+                    self.step(&rule.name, result, Vec::new(), step_errors);
+                    return self.finish(Outcome::Route { cluster }, &rule.name, alive);
                 }
                 None => self.step(&rule.name, StepResult::FellThrough, Vec::new(), step_errors),
             }
         }
-
         let (chosen, rule) = match policy.default.filter(|d| alive.contains(d)) {
             Some(d) => (d, "default"),
             None => (alive[0], "first-candidate"),
         };
         let cluster = policy.clusters[chosen].name.clone();
-        self.finish(Outcome::Route { cluster }, rule, &alive)
+        self.finish(Outcome::Route { cluster }, rule, alive)
     }
 
     /// Evaluates a rule's `when`. On error, `fail_closed` decides whether the rule applies.

@@ -13,6 +13,7 @@ mod compile;
 mod cost;
 mod decide;
 mod decision;
+mod depth;
 mod document;
 mod error;
 mod fast;

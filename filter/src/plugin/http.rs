@@ -25,23 +25,9 @@ impl Context for Request {}
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(loaded) = self.loaded.clone() else {
-            // No valid policy was ever loaded: refuse rather than route blindly.
-            let _ = hostcalls::set_map_value(
-                MapType::HttpRequestHeaders,
-                crate::engine::DEFAULT_ROUTING_HEADER,
-                None,
-            );
-            self.send_http_response(
-                503,
-                vec![("content-type", "application/json")],
-                Some(br#"{"error":"no_policy","message":"celroute has no valid policy loaded"}"#),
-            );
-            return Action::Pause;
+            return self.no_policy();
         };
         let policy = loaded.router.policy();
-        // A client must never pick the cluster: a routed request gets its
-        // header replaced (all values the client sent go), and a denied one
-        // never leaves the proxy.
         let mut host = ProxyHost {
             fetches: 0,
             headers: None,
@@ -50,85 +36,10 @@ impl HttpContext for Request {
             &mut host,
             loaded.reporting || policy.log_level() <= LogLevel::Debug,
         );
-        if loaded.reporting {
-            report(
-                "decision",
-                serde_json::to_value(&*decision).unwrap_or_default(),
-            );
-        }
-        for error in &decision.errors {
-            log(policy.log_level(), LogLevel::Warn, error);
-        }
-        if policy.log_level() <= LogLevel::Debug {
-            log(
-                policy.log_level(),
-                LogLevel::Debug,
-                &format!(
-                    "decision {}",
-                    serde_json::to_string(&*decision).unwrap_or_default()
-                ),
-            );
-        }
-        if let Some(metrics) = &self.metrics {
-            let mut m = metrics.borrow_mut();
-            let id = m.attribute_fetches;
-            m.count(id, host.fetches);
-            if !decision.errors.is_empty() {
-                let id = m.evaluation_errors;
-                m.count(id, decision.errors.len() as u64);
-            }
-            let id = match served {
-                Served::FromCache => m.decision_cache_hits,
-                Served::Missed => m.decision_cache_misses,
-                Served::Evaluated => None,
-            };
-            m.count(id, 1);
-            match &decision.outcome {
-                Outcome::Route { cluster } => m.count_decision("cluster", cluster),
-                Outcome::Deny { .. } => {
-                    let id = m.denials;
-                    m.count(id, 1);
-                }
-            }
-            m.count_decision("rule", &decision.rule);
-        }
-
+        self.observe(&loaded, &decision, served, host.fetches);
         let action = match &decision.outcome {
-            Outcome::Route { cluster } => {
-                if let Err(status) = hostcalls::set_map_value(
-                    MapType::HttpRequestHeaders,
-                    policy.routing_header(),
-                    Some(cluster),
-                ) {
-                    // Whatever the client put in the header must not route.
-                    log(
-                        policy.log_level(),
-                        LogLevel::Error,
-                        &format!("could not set the routing header: {status:?}"),
-                    );
-                    self.send_http_response(
-                        500,
-                        vec![("content-type", "application/json")],
-                        Some(br#"{"error":"internal","message":"celroute could not set the routing header"}"#),
-                    );
-                    return Action::Pause;
-                }
-                // Envoy picked its route before this filter ran; make it look again.
-                let _ = hostcalls::call_foreign_function("clear_route_cache", None);
-                Action::Continue
-            }
-            Outcome::Deny { status, .. } => {
-                let body = decision.deny_body();
-                let mut headers = vec![("content-type", "application/json")];
-                let value = policy
-                    .decision_header()
-                    .map(|name| (name, decision_header_value(&decision, &loaded)));
-                if let Some((name, value)) = &value {
-                    headers.push((name, value.as_str()));
-                }
-                self.send_http_response(u32::from(*status), headers, Some(body.as_bytes()));
-                Action::Pause
-            }
+            Outcome::Route { cluster } => self.route(&loaded, cluster),
+            Outcome::Deny { status, .. } => self.deny(&loaded, &decision, *status),
         };
         self.decision = Some(decision);
         action
@@ -144,6 +55,90 @@ impl HttpContext for Request {
             }
         }
         Action::Continue
+    }
+}
+
+impl Request {
+    /// No valid policy was ever loaded: refuse rather than route blindly.
+    fn no_policy(&mut self) -> Action {
+        let _ = hostcalls::set_map_value(
+            MapType::HttpRequestHeaders,
+            crate::engine::DEFAULT_ROUTING_HEADER,
+            None,
+        );
+        self.send_http_response(
+            503,
+            vec![("content-type", "application/json")],
+            Some(br#"{"error":"no_policy","message":"celroute has no valid policy loaded"}"#),
+        );
+        Action::Pause
+    }
+
+    /// Reports, logs and counts a decision.
+    fn observe(&self, loaded: &Loaded, decision: &Decision, served: Served, fetches: u64) {
+        let level = loaded.router.policy().log_level();
+        if loaded.reporting {
+            report(
+                "decision",
+                serde_json::to_value(decision).unwrap_or_default(),
+            );
+        }
+        for error in &decision.errors {
+            log(level, LogLevel::Warn, error);
+        }
+        if level <= LogLevel::Debug {
+            let json = serde_json::to_string(decision).unwrap_or_default();
+            log(level, LogLevel::Debug, &format!("decision {json}"));
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .borrow_mut()
+                .count_request(decision, served, fetches);
+        }
+    }
+
+    /// Sets the routing header, replacing every value the client sent (a
+    /// client must never pick the cluster), and makes Envoy route again.
+    fn route(&mut self, loaded: &Loaded, cluster: &str) -> Action {
+        let policy = loaded.router.policy();
+        let set = hostcalls::set_map_value(
+            MapType::HttpRequestHeaders,
+            policy.routing_header(),
+            Some(cluster),
+        );
+        if let Err(status) = set {
+            // Whatever the client put in the header must not route.
+            log(
+                policy.log_level(),
+                LogLevel::Error,
+                &format!("could not set the routing header: {status:?}"),
+            );
+            self.send_http_response(
+                500,
+                vec![("content-type", "application/json")],
+                Some(br#"{"error":"internal","message":"celroute could not set the routing header"}"#),
+            );
+            return Action::Pause;
+        }
+        // Envoy picked its route before this filter ran; make it look again.
+        let _ = hostcalls::call_foreign_function("clear_route_cache", None);
+        Action::Continue
+    }
+
+    /// Answers a denied request locally: it never leaves the proxy.
+    fn deny(&mut self, loaded: &Loaded, decision: &Decision, status: u16) -> Action {
+        let body = decision.deny_body();
+        let mut headers = vec![("content-type", "application/json")];
+        let value = loaded
+            .router
+            .policy()
+            .decision_header()
+            .map(|name| (name, decision_header_value(decision, loaded)));
+        if let Some((name, value)) = &value {
+            headers.push((name, value.as_str()));
+        }
+        self.send_http_response(u32::from(status), headers, Some(body.as_bytes()));
+        Action::Pause
     }
 }
 

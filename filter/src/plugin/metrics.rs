@@ -7,6 +7,8 @@ use std::time::Duration;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
+use crate::engine::{Decision, Outcome, Served};
+
 /// Metrics of this VM; defined once, shared by every policy it loads.
 pub(super) struct Metrics {
     pub(super) denials: Option<u32>,
@@ -95,5 +97,25 @@ impl Metrics {
             }
         };
         self.count(id, 1);
+    }
+
+    /// Counts one request's decision: how it was served, what it cost in
+    /// attribute fetches and errors, and where it went.
+    pub(super) fn count_request(&mut self, decision: &Decision, served: Served, fetches: u64) {
+        self.count(self.attribute_fetches, fetches);
+        if !decision.errors.is_empty() {
+            self.count(self.evaluation_errors, decision.errors.len() as u64);
+        }
+        let id = match served {
+            Served::FromCache => self.decision_cache_hits,
+            Served::Missed => self.decision_cache_misses,
+            Served::Evaluated => None,
+        };
+        self.count(id, 1);
+        match &decision.outcome {
+            Outcome::Route { cluster } => self.count_decision("cluster", cluster),
+            Outcome::Deny { .. } => self.count(self.denials, 1),
+        }
+        self.count_decision("rule", &decision.rule);
     }
 }

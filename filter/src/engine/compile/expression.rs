@@ -91,7 +91,7 @@ fn check_size(limits: &Limits, source: &str) -> Result<(), String> {
             limits.max_expression_length,
         ));
     }
-    let depth = cost::nesting_depth(source) as u64;
+    let depth = super::super::depth::nesting_depth(source) as u64;
     if depth > limits.max_expression_depth {
         return Err(format!(
             "{} in {}",

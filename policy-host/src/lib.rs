@@ -10,12 +10,17 @@
 //! - [`publish`]: validated, atomic publication of a policy to Envoy's ECDS.
 
 pub mod abi;
+pub mod clock;
+pub mod environment;
+pub mod exchange;
 pub mod policy;
 pub mod publish;
 pub mod report;
 pub mod request;
 pub mod testing;
+pub mod upstream;
 pub mod vm;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 

@@ -11,7 +11,9 @@ use anyhow::{bail, Context as _, Result};
 use wasmtime::{Config, Engine, Instance, Linker, Module, Store, Val, ValType};
 
 use crate::abi::{self, HeaderMap, HostState, LocalResponse, LogLine};
-use crate::request::{Exchange, RequestSpec};
+use crate::environment::Environment;
+use crate::exchange::Exchange;
+use crate::request::RequestSpec;
 
 /// The root context's id, as Envoy numbers it.
 const ROOT: u32 = 1;
@@ -130,7 +132,7 @@ impl FilterModule {
         let mut linker = Linker::new(&engine);
         abi::link(&mut linker)?;
         let mut missing = Vec::new();
-        let mut probe = Store::new(&engine, HostState::new(Vec::new()));
+        let mut probe = Store::new(&engine, HostState::new(Vec::new(), Environment::default()));
         for import in module.imports() {
             if linker
                 .get(&mut probe, import.module(), import.name())
@@ -176,7 +178,19 @@ impl FilterModule {
     /// Instantiates the module and runs VM start and configure, as Envoy does
     /// when it loads a plugin.
     pub fn start(&self, plugin_configuration: &[u8]) -> Result<Vm, StartError> {
-        let mut store = Store::new(&self.engine, HostState::new(plugin_configuration.to_vec()));
+        self.start_in(&Environment::default(), plugin_configuration)
+    }
+
+    /// Starts a VM in `environment`: VMs started in the same one share
+    /// their shared data and queues, clock and scripted network, as the
+    /// worker threads of one Envoy do.
+    pub fn start_in(
+        &self,
+        environment: &Environment,
+        plugin_configuration: &[u8],
+    ) -> Result<Vm, StartError> {
+        let state = HostState::new(plugin_configuration.to_vec(), environment.clone());
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.data_mut().exchange.contexts = vec![ROOT];
         let fault = |callback: &str, message: String| GuestFault {
@@ -193,6 +207,7 @@ impl FilterModule {
             store,
             instance,
             next_context: ROOT + 1,
+            answered: 0,
         };
         for init in ["_initialize", "_start"] {
             if vm.instance.get_func(&mut vm.store, init).is_some() {
@@ -283,6 +298,9 @@ pub struct Vm {
     store: Store<HostState>,
     instance: Instance,
     next_context: u32,
+    /// Callouts (in `HostState::http_calls` order) already looked at for a
+    /// scripted reply: each is answered at most once.
+    answered: usize,
 }
 
 /// What one request did.
@@ -296,6 +314,8 @@ pub struct RequestRecord {
     pub response_headers: HeaderMap,
     /// The request phase ended paused without a reply (Envoy would wait).
     pub paused: bool,
+    /// The cluster the request was routed to, when it left the proxy.
+    pub upstream_cluster: Option<String>,
     pub route_cache_clears: u32,
     pub reports: Vec<serde_json::Value>,
     pub logs: Vec<LogLine>,
@@ -325,6 +345,9 @@ impl Vm {
                 &mut self.store,
             ));
         }
+        if let Some(context) = args.first() {
+            self.store.data_mut().current_context = *context as u32;
+        }
         let _ = self.store.set_fuel(fuel);
         let params: Vec<Val> = args.iter().map(|a| Val::I32(*a)).collect();
         let mut out = vec![Val::I32(0); results.len()];
@@ -350,13 +373,14 @@ impl Vm {
 
     /// Runs one request through the filter, as Envoy would for a request that
     /// reaches an upstream answering `200` (or the filter's local reply).
+    /// Runs one request through the filter as Envoy would: request
+    /// headers (then scripted callout replies), body, the upstream's answer
+    /// (scripted per cluster, else `200 {}`) or the filter's local reply,
+    /// and the end of the stream.
     pub fn request(&mut self, spec: &RequestSpec) -> Result<RequestRecord, GuestFault> {
         let id = self.next_context;
         self.next_context += 1;
-        let time = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+        let time = self.store.data().environment.clock.now_nanos();
         let mut exchange = Exchange::from_spec(spec, u64::from(id), time);
         exchange.contexts = vec![ROOT, id];
         let has_body = !exchange.request_body.is_empty();
@@ -375,11 +399,12 @@ impl Vm {
             &[ctx, headers, i32::from(!has_body)],
             CALLBACK_FUEL,
         )?;
+        self.deliver_callouts()?;
         let upstream_headers = self.store.data().exchange.request_headers.clone();
         let mut paused = false;
+        let mut upstream_cluster = None;
         let local = self.store.data().exchange.local_response.clone();
         if let Some(reply) = &local {
-            // Envoy runs the encoder filters over a local reply too.
             let mut response: HeaderMap =
                 vec![(":status".into(), reply.status.to_string().into_bytes())];
             response.extend(reply.headers.iter().cloned());
@@ -390,11 +415,10 @@ impl Vm {
             if has_body {
                 self.call("proxy_on_request_body", &[ctx, body_len, 1], CALLBACK_FUEL)?;
             }
-            let response = vec![
-                (":status".to_string(), b"200".to_vec()),
-                ("content-type".to_string(), b"application/json".to_vec()),
-            ];
-            self.respond(ctx, response, b"{}".to_vec())?;
+            let upstreams = self.store.data().environment.upstreams.clone();
+            upstream_cluster = upstreams.cluster_of(&upstream_headers);
+            let response = upstreams.response(upstream_cluster.as_deref());
+            self.respond(ctx, response.header_map(), response.body)?;
         }
         self.call("proxy_on_log", &[ctx], CALLBACK_FUEL)?;
         self.call("proxy_on_done", &[ctx], CALLBACK_FUEL)?;
@@ -406,12 +430,38 @@ impl Vm {
             local_response: exchange.local_response,
             response_headers: exchange.response_headers,
             paused,
+            upstream_cluster,
             route_cache_clears: std::mem::take(&mut state.route_cache_clears),
             reports: std::mem::take(&mut state.reports),
             logs: std::mem::take(&mut state.logs),
         };
         state.exchange.contexts = vec![ROOT];
         Ok(record)
+    }
+
+    /// Answers every callout dispatched so far for which the environment
+    /// has a scripted reply (`proxy_on_http_call_response`, to the context
+    /// that made the call). Callouts without one stay unanswered.
+    pub fn deliver_callouts(&mut self) -> Result<(), GuestFault> {
+        while let Some(call) = self.store.data().http_calls.get(self.answered).cloned() {
+            self.answered += 1;
+            let upstreams = self.store.data().environment.upstreams.clone();
+            let Some(reply) = upstreams.next_callout_reply(&call.upstream) else {
+                continue;
+            };
+            let headers = reply.header_map();
+            let args = [
+                call.context as i32,
+                call.token as i32,
+                headers.len() as i32,
+                reply.body.len() as i32,
+                0,
+            ];
+            self.store.data_mut().http_call_response = (headers, reply.body, Vec::new());
+            self.call("proxy_on_http_call_response", &args, CALLBACK_FUEL)?;
+            self.store.data_mut().http_call_response = Default::default();
+        }
+        Ok(())
     }
 
     fn respond(&mut self, ctx: i32, headers: HeaderMap, body: Vec<u8>) -> Result<(), GuestFault> {
@@ -450,10 +500,16 @@ impl Vm {
             .collect()
     }
 
-    /// Fires the root context's timer once (`proxy_on_tick`).
+    /// Fires the root context's timer once (`proxy_on_tick`), then answers
+    /// the callouts it made that have a scripted reply.
     pub fn tick(&mut self) -> Result<(), GuestFault> {
-        self.call("proxy_on_tick", &[ROOT as i32], CALLBACK_FUEL)
-            .map(|_| ())
+        self.call("proxy_on_tick", &[ROOT as i32], CALLBACK_FUEL)?;
+        self.deliver_callouts()
+    }
+
+    /// The environment this VM runs in (shared store, clock, network).
+    pub fn environment(&self) -> &Environment {
+        &self.store.data().environment
     }
 
     /// Test access to the host state.

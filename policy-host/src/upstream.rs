@@ -1,0 +1,104 @@
+//! What the simulated network answers: the response of each upstream
+//! cluster a request is routed to, and the replies to the guest's HTTP
+//! callouts, scripted by tests. Unscripted, an upstream answers `200 {}`
+//! and a callout is never answered (as a cluster that does not reply).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use crate::wire::HeaderMap;
+
+/// The header whose value names the cluster a request is routed to, as
+/// Envoy's `cluster_header` route reads it.
+pub const DEFAULT_ROUTE_HEADER: &str = "x-celroute-cluster";
+
+/// An HTTP response: status, headers (without `:status`) and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A JSON response.
+    pub fn json(status: u16, body: &str) -> Response {
+        Response {
+            status,
+            headers: vec![("content-type".into(), b"application/json".to_vec())],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    /// The headers as a proxy-wasm header map, `:status` first.
+    pub fn header_map(&self) -> HeaderMap {
+        let mut map = vec![(":status".to_string(), self.status.to_string().into_bytes())];
+        map.extend(self.headers.iter().cloned());
+        map
+    }
+}
+
+#[derive(Debug, Default)]
+struct Script {
+    route_header: Option<String>,
+    clusters: HashMap<String, Response>,
+    callouts: HashMap<String, VecDeque<Response>>,
+}
+
+/// The scripted network, shared by every VM of one simulated proxy.
+#[derive(Debug, Clone, Default)]
+pub struct Upstreams {
+    script: Arc<Mutex<Script>>,
+}
+
+impl Upstreams {
+    fn with<T>(&self, f: impl FnOnce(&mut Script) -> T) -> T {
+        // A panic elsewhere while the lock was held leaves the script as it was.
+        let mut script = match self.script.lock() {
+            Ok(script) => script,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut script)
+    }
+
+    /// Routes by this request header instead of [`DEFAULT_ROUTE_HEADER`].
+    pub fn route_by(&self, header: &str) {
+        self.with(|s| s.route_header = Some(header.to_ascii_lowercase()));
+    }
+
+    /// Every request routed to `cluster` gets `response`.
+    pub fn answer(&self, cluster: &str, response: Response) {
+        self.with(|s| s.clusters.insert(cluster.to_string(), response));
+    }
+
+    /// The next callout to `upstream` gets `reply` (replies queue up, one per call).
+    pub fn reply_to_callout(&self, upstream: &str, reply: Response) {
+        self.with(|s| {
+            s.callouts
+                .entry(upstream.to_string())
+                .or_default()
+                .push_back(reply)
+        });
+    }
+
+    /// The cluster a request with these headers is routed to.
+    pub fn cluster_of(&self, request_headers: &HeaderMap) -> Option<String> {
+        let header = self.with(|s| s.route_header.clone());
+        let header = header.as_deref().unwrap_or(DEFAULT_ROUTE_HEADER);
+        request_headers
+            .iter()
+            .find(|(k, _)| k == header)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// What the upstream `cluster` answers (`200 {}` unless scripted).
+    pub fn response(&self, cluster: Option<&str>) -> Response {
+        let scripted = cluster.and_then(|c| self.with(|s| s.clusters.get(c).cloned()));
+        scripted.unwrap_or_else(|| Response::json(200, "{}"))
+    }
+
+    /// The scripted reply to the next callout to `upstream`, if any.
+    pub(crate) fn next_callout_reply(&self, upstream: &str) -> Option<Response> {
+        self.with(|s| s.callouts.get_mut(upstream).and_then(VecDeque::pop_front))
+    }
+}

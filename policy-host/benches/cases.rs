@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         let mut loaded =
             LoadedPolicy::load(&module, &policy).map_err(|e| anyhow::anyhow!("{e}"))?;
         for spec in &cases {
-            loaded.evaluate(spec).map_err(|e| anyhow::anyhow!(e))?;
+            loaded.evaluate(spec)?;
         }
         samples.push(started.elapsed());
     }

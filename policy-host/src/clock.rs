@@ -7,18 +7,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// A clock shared by every VM of one simulated proxy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub enum Clock {
     /// The system's wall clock, and a monotonic clock from the host's start.
+    #[default]
     System,
     /// Nanoseconds since the epoch, moved only by [`Clock::advance`].
     Virtual(Arc<AtomicU64>),
-}
-
-impl Default for Clock {
-    fn default() -> Clock {
-        Clock::System
-    }
 }
 
 impl Clock {

@@ -9,7 +9,7 @@ use celroute::engine::{Decision, Outcome, PolicyDescription, PolicyError};
 
 use crate::abi::LogLine;
 use crate::request::RequestSpec;
-use crate::vm::{FilterModule, GuestFault, StartError, Vm};
+use crate::vm::{FilterModule, GuestFault, RequestRecord, StartError, Vm};
 
 /// Why a policy did not load.
 #[derive(Debug, Clone)]
@@ -93,23 +93,17 @@ impl<'m> LoadedPolicy<'m> {
     }
 
     /// Sends one request through the filter and reads back its decision.
-    pub fn evaluate(&mut self, spec: &RequestSpec) -> Result<Evaluation, String> {
+    pub fn evaluate(&mut self, spec: &RequestSpec) -> Result<Evaluation, EvaluateError> {
         let mut vm = match self.vm.take() {
             Some(vm) => vm,
             None => {
                 start(self.module, &self.configuration)
-                    .map_err(|e| format!("restarting the filter: {e}"))?
+                    .map_err(EvaluateError::Restart)?
                     .0
             }
         };
-        let record = vm.request(spec).map_err(|fault| {
-            let mut message = fault.to_string();
-            for line in &fault.logs {
-                message.push_str(&format!("\n  {}: {}", line.level_name(), line.message));
-            }
-            message
-        })?;
-        // A fault above drops the VM: the next request gets a fresh one.
+        // A fault drops the VM: the next request gets a fresh one.
+        let record = vm.request(spec).map_err(EvaluateError::Fault)?;
         self.vm = Some(vm);
 
         let decision = record
@@ -118,55 +112,84 @@ impl<'m> LoadedPolicy<'m> {
             .rev()
             .find(|r| r["kind"] == "decision")
             .map(|r| serde_json::from_value::<Decision>(r["report"].clone()))
-            .ok_or("the filter reported no decision for this request")?
-            .map_err(|e| format!("the filter's decision report is malformed: {e}"))?;
-
-        // Cross-check the report against what the filter did.
-        let header = &self.description.routing_header;
-        let routed_to = record
-            .upstream_headers
-            .iter()
-            .find(|(k, _)| k == header)
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+            .ok_or(EvaluateError::NoDecision)?
+            .map_err(EvaluateError::MalformedReport)?;
+        cross_check(&decision, &record, &self.description.routing_header)
+            .map_err(EvaluateError::Mismatch)?;
         let body = record
             .local_response
             .as_ref()
             .map(|r| String::from_utf8_lossy(&r.body).into_owned());
-        match (&decision.outcome, &record.local_response) {
-            (Outcome::Route { cluster }, None) => {
-                if routed_to.as_deref() != Some(cluster) {
-                    return Err(format!(
-                        "the filter reported cluster '{cluster}' but set {header} to {routed_to:?}"
-                    ));
-                }
-                if record.route_cache_clears == 0 {
-                    return Err("the filter routed without clearing the route cache".into());
-                }
-            }
-            (Outcome::Deny { status, .. }, Some(reply)) => {
-                if u32::from(*status) != reply.status {
-                    return Err(format!(
-                        "the filter reported a {status} denial but replied {}",
-                        reply.status
-                    ));
-                }
-            }
-            (outcome, reply) => {
-                return Err(format!(
-                    "the filter reported {outcome:?} but {}",
-                    match reply {
-                        Some(r) => format!("sent a local {} reply", r.status),
-                        None if record.paused => "paused the request".to_string(),
-                        None => "sent no reply".to_string(),
-                    }
-                ))
-            }
-        }
         Ok(Evaluation {
             decision,
             body,
             logs: record.logs,
         })
+    }
+}
+
+/// Why a request could not be decided.
+#[derive(Debug, thiserror::Error)]
+pub enum EvaluateError {
+    /// The VM had faulted on an earlier request and could not be started again.
+    #[error("restarting the filter: {0}")]
+    Restart(LoadFailure),
+    /// The filter faulted on this request.
+    #[error("{}", with_logs(.0))]
+    Fault(GuestFault),
+    #[error("the filter reported no decision for this request")]
+    NoDecision,
+    #[error("the filter's decision report is malformed: {0}")]
+    MalformedReport(serde_json::Error),
+    /// What the filter reported differs from what it did to the request.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+fn with_logs(fault: &GuestFault) -> String {
+    let mut message = fault.to_string();
+    for line in &fault.logs {
+        message.push_str(&format!("\n  {}: {}", line.level_name(), line.message));
+    }
+    message
+}
+
+/// Checks the filter's report against what it did: a route sets the routing
+/// header to the reported cluster and clears the route cache; a denial
+/// replies locally with the reported status.
+fn cross_check(decision: &Decision, record: &RequestRecord, header: &str) -> Result<(), String> {
+    let routed_to = record
+        .upstream_headers
+        .iter()
+        .find(|(k, _)| k == header)
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+    match (&decision.outcome, &record.local_response) {
+        (Outcome::Route { cluster }, None) => {
+            if routed_to.as_deref() != Some(cluster) {
+                return Err(format!(
+                    "the filter reported cluster '{cluster}' but set {header} to {routed_to:?}"
+                ));
+            }
+            if record.route_cache_clears == 0 {
+                return Err("the filter routed without clearing the route cache".into());
+            }
+            Ok(())
+        }
+        (Outcome::Deny { status, .. }, Some(reply)) if u32::from(*status) != reply.status => {
+            Err(format!(
+                "the filter reported a {status} denial but replied {}",
+                reply.status
+            ))
+        }
+        (Outcome::Deny { .. }, Some(_)) => Ok(()),
+        (outcome, reply) => Err(format!(
+            "the filter reported {outcome:?} but {}",
+            match reply {
+                Some(r) => format!("sent a local {} reply", r.status),
+                None if record.paused => "paused the request".to_string(),
+                None => "sent no reply".to_string(),
+            }
+        )),
     }
 }
 

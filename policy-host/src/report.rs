@@ -1,10 +1,73 @@
-//! Rendering results for people (text), programs (JSON) and CI (JUnit XML).
+//! Rendering results for people (text), programs (JSON) and CI (JUnit XML),
+//! each a [`Reporter`]; and the coverage threshold as a typed failure.
 
 use std::fmt::Write as _;
 
 use celroute::engine::{Decision, PolicyDescription, StepResult};
 
 use crate::testing::{describe_decision, FileResult};
+
+/// Renders the results of a test run.
+pub trait Reporter {
+    fn render(&self, results: &[FileResult]) -> String;
+}
+
+/// Text for people, with rule coverage when asked.
+pub struct Human {
+    pub coverage: bool,
+}
+
+/// One JSON document for programs.
+pub struct Json;
+
+/// JUnit XML for CI systems.
+pub struct Junit;
+
+impl Reporter for Human {
+    fn render(&self, results: &[FileResult]) -> String {
+        human(results, self.coverage)
+    }
+}
+
+impl Reporter for Json {
+    fn render(&self, results: &[FileResult]) -> String {
+        json(results)
+    }
+}
+
+impl Reporter for Junit {
+    fn render(&self, results: &[FileResult]) -> String {
+        junit(results)
+    }
+}
+
+/// A policy whose rule coverage is below the threshold, and the rules no
+/// case made take effect.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}: rule coverage {percent:.0}% is below the threshold {threshold}% (never took effect: {})", policy.display(), uncovered.join(", "))]
+pub struct CoverageBelow {
+    pub policy: std::path::PathBuf,
+    pub percent: f64,
+    pub threshold: f64,
+    pub uncovered: Vec<String>,
+}
+
+/// Every policy (that loaded) whose coverage is below `threshold`.
+pub fn coverage_below(results: &[FileResult], threshold: f64) -> Vec<CoverageBelow> {
+    results
+        .iter()
+        .filter(|r| r.error.is_none() && r.coverage_percent() < threshold)
+        .map(|r| CoverageBelow {
+            policy: r.policy.clone(),
+            percent: r.coverage_percent(),
+            threshold,
+            uncovered: (r.coverage.iter())
+                .filter(|c| !c.covered)
+                .map(|c| c.rule.clone())
+                .collect(),
+        })
+        .collect()
+}
 
 /// The rule-by-rule explanation of a decision, one line a rule, in policy
 /// order; rules the decision did not need are "not reached".

@@ -260,7 +260,7 @@ fn run_case(policy: &mut LoadedPolicy<'_>, case: &TestCase) -> CaseResult {
     let evaluation = match policy.evaluate(&case.request) {
         Ok(e) => e,
         Err(e) => {
-            result.failure = Some(e);
+            result.failure = Some(e.to_string());
             return result;
         }
     };

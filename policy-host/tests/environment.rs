@@ -153,8 +153,10 @@ fn each_upstream_cluster_answers_as_scripted() {
     let to_aws = vm.request(&RequestSpec::default()).expect("runs");
     assert_eq!(to_aws.upstream_cluster.as_deref(), Some("aws"));
     assert_eq!(status(&to_aws).as_deref(), Some("200"));
-    let mut eu = RequestSpec::default();
-    eu.headers = policy_host::request::Headers::List(vec![("x-region".into(), "eu".into())]);
+    let eu = RequestSpec {
+        headers: policy_host::request::Headers::List(vec![("x-region".into(), "eu".into())]),
+        ..RequestSpec::default()
+    };
     let to_gcp = vm.request(&eu).expect("runs");
     assert_eq!(to_gcp.upstream_cluster.as_deref(), Some("gcp"));
     assert_eq!(status(&to_gcp).as_deref(), Some("503"));

@@ -49,7 +49,7 @@ bench: wasm
 
 # Native engine: decision time for 5/20/100-rule policies, with and without the decision cache.
 bench-native:
-	cargo bench -p celroute-tests --bench decide
+	cargo bench -p celroute --bench decide
 
 # Envoy alone vs the header-only wasm floor vs Lua vs celroute (5/20/100 rules),
 # direct-response and proxied routes, under wrk on loopback. About 8 minutes;

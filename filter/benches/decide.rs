@@ -5,7 +5,7 @@
 //! distinct requests in turn, as traffic repeats tenants, models and tasks)
 //! and without it (every decision evaluated).
 //!
-//! `cargo bench -p celroute-tests --bench decide`
+//! `cargo bench -p celroute --bench decide` (`make bench-native`)
 
 // A policy that fails to load is a broken benchmark: fail loudly.
 #![allow(clippy::panic)]

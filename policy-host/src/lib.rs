@@ -11,6 +11,7 @@
 
 pub mod abi;
 pub mod clock;
+mod compile_cache;
 pub mod environment;
 pub mod exchange;
 pub mod policy;

@@ -11,6 +11,7 @@ use anyhow::{bail, Context as _, Result};
 use wasmtime::{Config, Engine, Instance, Linker, Module, Store, Val, ValType};
 
 use crate::abi::{self, HeaderMap, HostState, LocalResponse, LogLine};
+use crate::compile_cache;
 use crate::environment::Environment;
 use crate::exchange::Exchange;
 use crate::request::RequestSpec;
@@ -117,14 +118,14 @@ impl FilterModule {
         let mut config = Config::new();
         config.consume_fuel(true);
         let engine = Engine::new(&config)?;
-        let module = match cache.and_then(|c| cached(&engine, c)) {
+        let module = match cache.and_then(|c| compile_cache::cached(&engine, c)) {
             Some(module) => module,
             None => {
                 let module = Module::new(&engine, bytes)
                     .map_err(anyhow::Error::from)
                     .context("not a valid WebAssembly module")?;
                 if let Some(cache) = cache {
-                    store_cached(&module, cache);
+                    compile_cache::store_cached(&module, cache);
                 }
                 module
             }
@@ -253,43 +254,6 @@ impl FilterModule {
             });
         }
         Ok(vm)
-    }
-}
-
-/// A module compiled earlier by this same engine configuration, if cached.
-fn cached(engine: &Engine, path: &Path) -> Option<Module> {
-    if !path.is_file() {
-        return None;
-    }
-    // SAFETY: the file is one this host wrote from `Module::serialize` for
-    // the same module bytes (the name carries their hash); wasmtime itself
-    // refuses files from another version or configuration, and those are
-    // then recompiled.
-    unsafe { Module::deserialize_file(engine, path) }.ok()
-}
-
-/// Best effort: a read-only directory only costs the next run a compilation.
-fn store_cached(module: &Module, path: &Path) {
-    let Ok(serialized) = module.serialize() else {
-        return;
-    };
-    let Some(dir) = path.parent() else { return };
-    if std::fs::create_dir_all(dir).is_err() {
-        return;
-    }
-    // Compilations of earlier builds are of no further use.
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for entry in entries.flatten() {
-            if entry.path().extension().is_some_and(|e| e == "cwasm") {
-                let _ = std::fs::remove_file(entry.path());
-            }
-        }
-    }
-    // Write then rename, so a concurrent run never reads half a file.
-    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
-    if std::fs::write(&temporary, serialized).is_ok() && std::fs::rename(&temporary, path).is_err()
-    {
-        let _ = std::fs::remove_file(&temporary);
     }
 }
 

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use super::attributes::{AttributeHost, Attributes, Fetched, ROOTS};
 use super::budget;
 use super::decision::{Decision, Outcome, StepResult, Trace, TraceStep};
-use super::live::LiveView;
+use super::live_view::LiveView;
 use super::policy::{Action, Expression, Policy};
 use cel::common::value::CowVal;
 use cel::context::VariableResolver;

@@ -18,13 +18,8 @@
 //! their own to hold both rules before the first source exists.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 
-use cel::objects::{Key, Map};
 use cel::Value;
-
-use super::inventory::to_val;
-use super::policy::Policy;
 
 /// The attribute of `cluster` that holds its live state.
 pub const LIVE: &str = "live";
@@ -79,7 +74,7 @@ impl LiveFields {
 /// what is missing or older than its staleness bound.
 #[derive(Debug, Clone, Default)]
 pub struct LiveSnapshot {
-    clusters: HashMap<String, BTreeMap<String, Value>>,
+    pub(crate) clusters: HashMap<String, BTreeMap<String, Value>>,
 }
 
 impl LiveSnapshot {
@@ -94,54 +89,5 @@ impl LiveSnapshot {
             .or_default()
             .insert(field.to_string(), value);
         self
-    }
-}
-
-/// A snapshot as one policy reads it: each cluster's inventory value with
-/// its `live` map added, converted once when the snapshot arrives, and the
-/// epoch the decision cache keys by.
-pub(crate) struct LiveView {
-    pub(crate) epoch: u64,
-    pub(crate) clusters: Vec<Box<dyn cel::common::value::Val>>,
-    pub(crate) clusters_value: Box<dyn cel::common::value::Val>,
-}
-
-impl LiveView {
-    /// The view of `snapshot` for `policy`: fields outside the policy's
-    /// catalog, and clusters outside its inventory, are left out.
-    pub(crate) fn new(policy: &Policy, snapshot: &LiveSnapshot, epoch: u64) -> LiveView {
-        let mut values = Vec::with_capacity(policy.clusters.len());
-        for cluster in &policy.clusters {
-            let live: HashMap<Key, Value> = snapshot
-                .clusters
-                .get(&cluster.name)
-                .into_iter()
-                .flatten()
-                .filter(|(field, _)| policy.live_fields.contains(field))
-                .map(|(field, value)| (Key::String(Arc::new(field.clone())), value.clone()))
-                .collect();
-            let mut attributes = match &cluster.attributes {
-                Value::Map(map) => (*map.map).clone(),
-                _ => HashMap::new(),
-            };
-            attributes.insert(
-                Key::String(Arc::new(LIVE.to_string())),
-                Value::Map(Map {
-                    map: Arc::new(live),
-                }),
-            );
-            values.push((
-                cluster.name.clone(),
-                Value::Map(Map {
-                    map: Arc::new(attributes),
-                }),
-            ));
-        }
-        let clusters_value = to_val(super::inventory::clusters_map(&values));
-        LiveView {
-            epoch,
-            clusters: values.into_iter().map(|(_, v)| to_val(v)).collect(),
-            clusters_value,
-        }
     }
 }

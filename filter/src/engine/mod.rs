@@ -20,6 +20,7 @@ mod fast;
 mod inventory;
 pub mod limits;
 mod live;
+mod live_view;
 mod policy;
 mod precompute;
 mod router;

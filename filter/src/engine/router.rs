@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use super::attributes::{AttributeHost, Fetched};
 use super::cache::{CacheStats, DecisionCache, Served};
 use super::decision::Decision;
-use super::live::{LiveSnapshot, LiveView};
+use super::live::LiveSnapshot;
+use super::live_view::LiveView;
 use super::policy::Policy;
 
 /// A policy, its decision cache and the live snapshot it decides under.

@@ -42,41 +42,59 @@ fn main() -> Result<()> {
         envoy.admin
     );
 
-    let requests: [(&str, &[(&str, &str)]); 6] = [
-        ("tenant acme, any task", &[("x-tenant", "acme")]),
-        (
-            "tenant acme, latency priority",
-            &[("x-tenant", "acme"), ("x-priority", "latency")],
-        ),
-        (
-            "EU user, latency priority",
-            &[
-                ("x-tenant", "acme"),
-                ("x-priority", "latency"),
-                ("x-user-region", "eu"),
-            ],
-        ),
-        (
-            "reasoning task",
-            &[("x-tenant", "acme"), ("x-task", "reasoning")],
-        ),
-        (
-            "EU user naming a US cluster itself",
-            &[
-                ("x-tenant", "acme"),
-                ("x-priority", "latency"),
-                ("x-user-region", "eu"),
-                ("x-celroute-cluster", "aws-us-east-1"),
-            ],
-        ),
-        ("no tenant header", &[]),
-    ];
+    show_requests(envoy.listener)?;
+    if once {
+        return Ok(());
+    }
+    let at = envoy.listener;
+    println!(
+        "\nRunning; try:\n  curl -s http://{at}/v1/chat/completions -H 'x-tenant: acme' -H 'x-user-region: eu' -H 'x-priority: latency' -d '{{\"model\":\"m\",\"messages\":[]}}'\n  curl -si http://{at}/v1/chat/completions -d '{{}}'\n  curl -s http://{}/stats?filter=celroute\nEnvoy's log: {}\nCtrl-C to stop.",
+        envoy.admin,
+        envoy.log.display()
+    );
+    runtime.block_on(tokio::signal::ctrl_c())?;
+    Ok(())
+}
+
+/// The demo's requests, each with what it shows.
+const REQUESTS: [(&str, &[(&str, &str)]); 6] = [
+    ("tenant acme, any task", &[("x-tenant", "acme")]),
+    (
+        "tenant acme, latency priority",
+        &[("x-tenant", "acme"), ("x-priority", "latency")],
+    ),
+    (
+        "EU user, latency priority",
+        &[
+            ("x-tenant", "acme"),
+            ("x-priority", "latency"),
+            ("x-user-region", "eu"),
+        ],
+    ),
+    (
+        "reasoning task",
+        &[("x-tenant", "acme"), ("x-task", "reasoning")],
+    ),
+    (
+        "EU user naming a US cluster itself",
+        &[
+            ("x-tenant", "acme"),
+            ("x-priority", "latency"),
+            ("x-user-region", "eu"),
+            ("x-celroute-cluster", "aws-us-east-1"),
+        ],
+    ),
+    ("no tenant header", &[]),
+];
+
+/// Sends each demo request through Envoy and prints who served it and why.
+fn show_requests(listener: std::net::SocketAddr) -> Result<()> {
     println!(
         "{:<38} {:>6}  {:<18} decision",
         "request", "status", "served by"
     );
-    for (label, headers) in requests {
-        let reply = chat(envoy.listener, headers)?;
+    for (label, headers) in REQUESTS {
+        let reply = chat(listener, headers)?;
         let decision = match reply.cloud() {
             Some(_) => reply
                 .header("x-celroute-decision")
@@ -90,15 +108,5 @@ fn main() -> Result<()> {
             reply.cloud().unwrap_or("-"),
         );
     }
-    if once {
-        return Ok(());
-    }
-    let at = envoy.listener;
-    println!(
-        "\nRunning; try:\n  curl -s http://{at}/v1/chat/completions -H 'x-tenant: acme' -H 'x-user-region: eu' -H 'x-priority: latency' -d '{{\"model\":\"m\",\"messages\":[]}}'\n  curl -si http://{at}/v1/chat/completions -d '{{}}'\n  curl -s http://{}/stats?filter=celroute\nEnvoy's log: {}\nCtrl-C to stop.",
-        envoy.admin,
-        envoy.log.display()
-    );
-    runtime.block_on(tokio::signal::ctrl_c())?;
     Ok(())
 }

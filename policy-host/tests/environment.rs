@@ -13,32 +13,25 @@ use policy_host::upstream::Response;
 use policy_host::vm::FilterModule;
 use policy_host::wire::serialize_map;
 
-/// A minimal proxy-wasm guest with a bump allocator, plus `body`.
+mod common;
+
+const IMPORTS: &str = r#"
+  (import "env" "proxy_set_shared_data" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_shared_data" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_current_time_nanoseconds" (func $now (param i32) (result i32)))
+  (import "env" "proxy_http_call" (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))"#;
+
+/// The shared guest with these imports, strings at known addresses, and `body`.
 fn guest(body: &str) -> FilterModule {
-    let text = format!(
-        r#"(module
-          (import "env" "proxy_set_shared_data" (func $set (param i32 i32 i32 i32 i32) (result i32)))
-          (import "env" "proxy_get_shared_data" (func $get (param i32 i32 i32 i32 i32) (result i32)))
-          (import "env" "proxy_get_current_time_nanoseconds" (func $now (param i32) (result i32)))
-          (import "env" "proxy_http_call" (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
-          (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
-          (memory (export "memory") 2)
-          (global $heap (mut i32) (i32.const 65536))
-          (func (export "proxy_abi_version_0_2_1"))
-          (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
-            (local $ptr i32)
-            (local.set $ptr (global.get $heap))
-            (global.set $heap (i32.add (global.get $heap) (local.get $size)))
-            (local.get $ptr))
-          (func (export "proxy_on_context_create") (param i32 i32))
-          (data (i32.const 1024) "key")
-          (data (i32.const 1040) "value")
-          (data (i32.const 1056) "now")
-          (data (i32.const 1072) "svc")
-          {body}
-        )"#
+    let body = format!(
+        r#"(data (i32.const 1024) "key")
+           (data (i32.const 1040) "value")
+           (data (i32.const 1056) "now")
+           (data (i32.const 1072) "svc")
+           {body}"#
     );
-    FilterModule::from_bytes(&wat::parse_str(text).expect("valid wat")).expect("module loads")
+    FilterModule::from_bytes(&common::guest(IMPORTS, &body)).expect("module loads")
 }
 
 #[test]

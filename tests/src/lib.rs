@@ -7,6 +7,7 @@ pub mod clouds;
 pub mod ecds;
 pub mod envoy;
 pub mod http;
+pub mod scenarios;
 
 use std::path::PathBuf;
 

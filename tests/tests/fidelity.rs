@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use celroute_tests::envoy::wasm;
-use celroute_tests::http::Connection;
+use celroute_tests::http::{Connection, Reply};
 use celroute_tests::{read_policy, repo_root, Stack};
 use policy_host::policy::LoadedPolicy;
 use policy_host::request::RequestSpec;
@@ -42,10 +42,15 @@ fn through_envoy(listener: SocketAddr, spec: &RequestSpec) -> (Observed, SocketA
             body.as_bytes(),
         )
         .expect("request through Envoy");
+    (observed(&reply), source)
+}
+
+/// The decision Envoy's reply shows: who served it (or the denial status)
+/// and the rule named in the decision header.
+fn observed(reply: &Reply) -> Observed {
     let decision = reply
         .header("x-celroute-decision")
-        .unwrap_or_else(|| panic!("no decision header: {} {}", reply.status, reply.body))
-        .to_string();
+        .unwrap_or_else(|| panic!("no decision header: {} {}", reply.status, reply.body));
     let rule = decision
         .split("; ")
         .find_map(|part| part.strip_prefix("rule="))
@@ -55,7 +60,7 @@ fn through_envoy(listener: SocketAddr, spec: &RequestSpec) -> (Observed, SocketA
         Some(cloud) => format!("route {cloud}"),
         None => format!("deny {}", reply.status),
     };
-    (Observed { outcome, rule }, source)
+    Observed { outcome, rule }
 }
 
 fn through_policy_host(policy: &mut LoadedPolicy<'_>, spec: &RequestSpec) -> Observed {
@@ -291,18 +296,7 @@ fn workload_identity_over_mtls_decides_identically() {
             &[],
         )
         .unwrap_or_else(|e| panic!("{}: {e}", case.name));
-        let rule = reply
-            .header("x-celroute-decision")
-            .and_then(|d| d.split("; ").find_map(|p| p.strip_prefix("rule=")))
-            .unwrap_or_default()
-            .to_string();
-        let in_envoy = Observed {
-            outcome: match reply.cloud() {
-                Some(cloud) => format!("route {cloud}"),
-                None => format!("deny {}", reply.status),
-            },
-            rule,
-        };
+        let in_envoy = observed(&reply);
         let in_host = through_policy_host(&mut policy, &case.request);
         let expected = Observed {
             outcome: match (&case.expect.cluster, case.expect.deny) {

@@ -102,7 +102,7 @@ fuzz: fuzz-build
 	  grown=fuzz/corpus/$$t.grown; mkdir -p $$grown; \
 	  $(FUZZ_BIN)/$$t -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 $$grown fuzz/corpus/$$t || exit 1; \
 	  minimal=$$(mktemp -d); \
-	  $(FUZZ_BIN)/$$t -merge=1 $$minimal fuzz/corpus/$$t $$grown || exit 1; \
+	  $(FUZZ_BIN)/$$t -set_cover_merge=1 $$minimal fuzz/corpus/$$t $$grown || exit 1; \
 	  rm -rf fuzz/corpus/$$t $$grown; mv $$minimal fuzz/corpus/$$t; \
 	done
 

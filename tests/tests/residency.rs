@@ -128,25 +128,21 @@ fn a_sample_decides_the_same_in_the_real_filter() {
     let seed = seed() ^ 0x5eed;
     let mut rng = Rng::new(seed);
     let module = FilterModule::load(&wasm().unwrap()).unwrap();
+    let spec = |scenario: &Scenario| RequestSpec {
+        headers: Headers::List(scenario.headers.clone()),
+        ..RequestSpec::default()
+    };
     let through_filter = |scenario: &Scenario| {
         let mut loaded = LoadedPolicy::load(&module, scenario.policy().as_bytes())
             .unwrap_or_else(|e| panic!("a generated policy loads: {e}\n{}", scenario.policy()));
-        let spec = RequestSpec {
-            headers: Headers::List(scenario.headers.clone()),
-            ..RequestSpec::default()
-        };
-        as_expected(&loaded.evaluate(&spec).unwrap().decision)
+        as_expected(&loaded.evaluate(&spec(scenario)).unwrap().decision)
     };
     for _ in 0..100 {
         let mut scenario = Scenario::generate(&mut rng);
         let mut loaded = LoadedPolicy::load(&module, scenario.policy().as_bytes()).unwrap();
         for _ in 0..3 {
             scenario.headers = Scenario::request(&mut rng);
-            let spec = RequestSpec {
-                headers: Headers::List(scenario.headers.clone()),
-                ..RequestSpec::default()
-            };
-            let got = as_expected(&loaded.evaluate(&spec).unwrap().decision);
+            let got = as_expected(&loaded.evaluate(&spec(&scenario)).unwrap().decision);
             check(seed, &scenario, &got, through_filter);
         }
     }

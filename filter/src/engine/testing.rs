@@ -168,13 +168,18 @@ default: eu-a
         }
     }
 
-    /// A request from bytes: NUL-separated name, value pairs for headers;
+    /// NUL-separated name, value pairs.
+    fn pairs(data: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let mut parts = data.split(|b| *b == 0);
+        std::iter::from_fn(move || Some((parts.next()?, parts.next()?)))
+    }
+
+    /// A request from bytes: name, value pairs (`pairs`) for headers;
     /// a pair whose name starts with '@' sets a property (`@source.port`).
     fn request(data: &[u8]) -> TestHost {
-        let mut parts = data.split(|b| *b == 0);
         let mut headers = Vec::new();
         let mut properties = Vec::new();
-        while let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+        for (name, value) in pairs(data) {
             match name.strip_prefix(b"@") {
                 Some(path) => properties.push((String::from_utf8_lossy(path).into_owned(), value)),
                 None => headers.push((
@@ -190,14 +195,11 @@ default: eu-a
         host
     }
 
+    /// The first value of header `name` in the request `data` describes.
     fn host_header<'a>(data: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-        let mut parts = data.split(|b| *b == 0);
-        while let (Some(n), Some(v)) = (parts.next(), parts.next()) {
-            if n.eq_ignore_ascii_case(name) {
-                return Some(v);
-            }
-        }
-        None
+        pairs(data)
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
 
     /// Decides, and checks what holds for any decision: a routed cluster is

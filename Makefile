@@ -74,7 +74,7 @@ bench-reload: wasm
 # crate is built by plain cargo with the coverage instrumentation cargo-fuzz
 # would add (no sanitizer, which needs nightly; safe Rust needs none).
 # Targets: the policy loader, one CEL expression, the decision path.
-FUZZ_TARGETS := load expression decide
+FUZZ_TARGETS := load expression decide signals
 HOST         := $(shell rustc -vV | sed -n 's/^host: //p')
 FUZZ_BIN     := fuzz/target/$(HOST)/release
 FUZZ_FLAGS   := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \

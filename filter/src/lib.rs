@@ -8,6 +8,7 @@
 //! that Envoy loads as `celroute.wasm`.
 
 pub mod engine;
+pub mod signals;
 
 #[cfg(target_arch = "wasm32")]
 mod plugin;

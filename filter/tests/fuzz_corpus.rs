@@ -41,3 +41,8 @@ fn the_expression_corpus_passes() {
 fn the_decide_corpus_passes() {
     replay("decide", fuzz::decide);
 }
+
+#[test]
+fn the_signals_corpus_passes() {
+    replay("signals", fuzz::signals);
+}

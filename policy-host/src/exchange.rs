@@ -39,6 +39,10 @@ pub struct Exchange {
     pub contexts: Vec<u32>,
     /// Properties the guest set.
     pub set_properties: HashMap<Vec<String>, Vec<u8>>,
+    /// The status of the response, once there is one.
+    pub response_code: Option<u16>,
+    /// The cluster that answered, once one did.
+    pub upstream_cluster: Option<String>,
 }
 
 impl Exchange {
@@ -159,6 +163,10 @@ impl Exchange {
             ["connection", "subject_peer_certificate"] => tls(|m| m.subject.clone()),
             ["connection", "uri_san_peer_certificate"] => tls(|m| m.uri_san.clone()),
             ["connection", "dns_san_peer_certificate"] => tls(|m| m.dns_san.clone()),
+            ["response", "code"] => int(i64::from(self.response_code?)),
+            // The simulated network has no connection failures to flag.
+            ["response", "flags"] => self.response_code.and_then(|_| int(0)),
+            ["xds", "cluster_name"] => Some(self.upstream_cluster.clone()?.into_bytes()),
             ["plugin_name"] | ["plugin_root_id"] | ["plugin_vm_id"] => Some(b"celroute".to_vec()),
             _ => None,
         }

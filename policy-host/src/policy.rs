@@ -8,6 +8,7 @@
 use celroute::engine::{Decision, Outcome, PolicyDescription, PolicyError};
 
 use crate::abi::LogLine;
+use crate::environment::Environment;
 use crate::request::RequestSpec;
 use crate::vm::{FilterModule, GuestFault, RequestRecord, StartError, Vm};
 
@@ -72,6 +73,7 @@ pub struct Evaluation {
 /// A policy loaded into a filter VM; a VM that faults is replaced before the next request.
 pub struct LoadedPolicy<'m> {
     module: &'m FilterModule,
+    environment: Environment,
     configuration: Vec<u8>,
     vm: Option<Vm>,
     pub description: PolicyDescription,
@@ -82,9 +84,20 @@ pub struct LoadedPolicy<'m> {
 impl<'m> LoadedPolicy<'m> {
     /// Loads a policy document (its bytes, as Envoy passes them) into a new VM.
     pub fn load(module: &'m FilterModule, policy: &[u8]) -> Result<LoadedPolicy<'m>, LoadFailure> {
-        let (vm, description, logs) = start(module, policy)?;
+        LoadedPolicy::load_in(module, policy, Environment::default())
+    }
+
+    /// Loads a policy into a new VM in `environment` (its clock, shared
+    /// data and scripted network).
+    pub fn load_in(
+        module: &'m FilterModule,
+        policy: &[u8],
+        environment: Environment,
+    ) -> Result<LoadedPolicy<'m>, LoadFailure> {
+        let (vm, description, logs) = start(module, policy, &environment)?;
         Ok(LoadedPolicy {
             module,
+            environment,
             configuration: policy.to_vec(),
             vm: Some(vm),
             description,
@@ -92,12 +105,25 @@ impl<'m> LoadedPolicy<'m> {
         })
     }
 
+    /// The environment the filter runs in.
+    pub fn environment(&self) -> &Environment {
+        &self.environment
+    }
+
+    /// Fires the filter's timer once (and answers the callouts it makes).
+    pub fn tick(&mut self) -> Result<(), EvaluateError> {
+        match self.vm.as_mut() {
+            Some(vm) => vm.tick().map_err(EvaluateError::Fault),
+            None => Ok(()),
+        }
+    }
+
     /// Sends one request through the filter and reads back its decision.
     pub fn evaluate(&mut self, spec: &RequestSpec) -> Result<Evaluation, EvaluateError> {
         let mut vm = match self.vm.take() {
             Some(vm) => vm,
             None => {
-                start(self.module, &self.configuration)
+                start(self.module, &self.configuration, &self.environment)
                     .map_err(EvaluateError::Restart)?
                     .0
             }
@@ -196,8 +222,9 @@ fn cross_check(decision: &Decision, record: &RequestRecord, header: &str) -> Res
 fn start(
     module: &FilterModule,
     configuration: &[u8],
+    environment: &Environment,
 ) -> Result<(Vm, PolicyDescription, Vec<LogLine>), LoadFailure> {
-    match module.start(configuration) {
+    match module.start_in(environment, configuration) {
         Ok(mut vm) => {
             let description = vm
                 .take_reports()

@@ -17,8 +17,10 @@ use anyhow::{bail, Context as _, Result};
 use celroute::engine::{Decision, Outcome, PolicyDescription, StepResult};
 use serde::{Deserialize, Serialize};
 
+pub use crate::expect::{describe_decision, Expectation};
 use crate::policy::LoadedPolicy;
 use crate::request::RequestSpec;
+use crate::scripted::{self, LiveSpec, Step};
 use crate::vm::FilterModule;
 
 #[derive(Debug, Deserialize)]
@@ -34,53 +36,22 @@ pub struct TestFile {
 #[serde(deny_unknown_fields)]
 pub struct TestCase {
     pub name: String,
+    /// Live values the case starts from (cluster -> field -> value).
+    #[serde(default)]
+    pub live: Option<LiveSpec>,
+    /// Steps run before the case's request (see `scripted.rs`).
+    #[serde(default)]
+    pub steps: Vec<Step>,
     #[serde(default)]
     pub request: RequestSpec,
     pub expect: Expectation,
 }
 
-/// What a case expects: `cluster` or `deny`, optionally the deciding `rule`
-/// and the denial `message`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Expectation {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deny: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
-
-impl Expectation {
-    pub fn describe(&self) -> String {
-        let mut out = match (&self.cluster, self.deny) {
-            (Some(c), _) => format!("route to {c}"),
-            (None, Some(s)) => format!("deny {s}"),
-            (None, None) => "nothing (the case names neither cluster nor deny)".into(),
-        };
-        if let Some(rule) = &self.rule {
-            out.push_str(&format!(" by rule {rule}"));
-        }
-        if let Some(message) = &self.message {
-            out.push_str(&format!(" with message {message:?}"));
-        }
-        out
-    }
-}
-
-/// A decision in one line: `route to X by rule R` / `deny 403 by rule R ("message")`.
-pub fn describe_decision(decision: &Decision) -> String {
-    match &decision.outcome {
-        Outcome::Route { cluster } => format!("route to {cluster} by rule {}", decision.rule),
-        Outcome::Deny { status, message } => {
-            format!(
-                "deny {status} by rule {} with message {message:?}",
-                decision.rule
-            )
-        }
+impl TestCase {
+    /// A case with live state or steps runs in a VM of its own, on
+    /// virtual time, so that nothing carries over between cases.
+    fn scripted(&self) -> bool {
+        self.live.is_some() || !self.steps.is_empty()
     }
 }
 
@@ -235,7 +206,11 @@ pub fn run_file(module: &FilterModule, file: &Path) -> FileResult {
         .collect();
     result.description = Some(policy.description.clone());
     for case in &tests.cases {
-        let outcome = run_case(&mut policy, case);
+        let outcome = if case.scripted() {
+            run_scripted_case(module, &text, case, &mut result.coverage)
+        } else {
+            run_case(&mut policy, case)
+        };
         if let Some(decision) = &outcome.decision {
             mark_coverage(&mut result.coverage, decision);
         }
@@ -244,20 +219,95 @@ pub fn run_file(module: &FilterModule, file: &Path) -> FileResult {
     result
 }
 
-fn run_case(policy: &mut LoadedPolicy<'_>, case: &TestCase) -> CaseResult {
-    let expect = &case.expect;
-    let mut result = CaseResult {
+fn new_result(case: &TestCase) -> CaseResult {
+    CaseResult {
         name: case.name.clone(),
         passed: false,
-        expected: expect.clone(),
+        expected: case.expect.clone(),
         decision: None,
         failure: None,
+    }
+}
+
+fn run_case(policy: &mut LoadedPolicy<'_>, case: &TestCase) -> CaseResult {
+    check_request(policy, &case.request, &case.expect, new_result(case))
+}
+
+/// Runs a case with live state or steps in a VM of its own.
+fn run_scripted_case(
+    module: &FilterModule,
+    policy_text: &[u8],
+    case: &TestCase,
+    coverage: &mut [RuleCoverage],
+) -> CaseResult {
+    let mut result = new_result(case);
+    let mut policy = match LoadedPolicy::load_in(module, policy_text, scripted::environment()) {
+        Ok(p) => p,
+        Err(e) => {
+            result.failure = Some(format!("the policy did not load: {e}"));
+            return result;
+        }
     };
+    if let Some(live) = &case.live {
+        if let Err(e) = scripted::set_live(&mut policy, live) {
+            result.failure = Some(format!("live: {e:#}"));
+            return result;
+        }
+    }
+    for (i, step) in case.steps.iter().enumerate() {
+        let failed = |why: String| format!("step {}: {why}", i + 1);
+        if let Err(e) = scripted::check(step) {
+            result.failure = Some(failed(e.to_string()));
+            return result;
+        }
+        let Some(request) = &step.request else {
+            if let Err(e) = scripted::apply(&mut policy, step) {
+                result.failure = Some(failed(format!("{e:#}")));
+                return result;
+            }
+            continue;
+        };
+        for n in 0..step.repeat.unwrap_or(1) {
+            let checked = match &step.expect {
+                Some(expect) => check_request(&mut policy, request, expect, new_result(case)),
+                None => match policy.evaluate(request) {
+                    Ok(e) => CaseResult {
+                        passed: true,
+                        decision: Some(e.decision),
+                        ..new_result(case)
+                    },
+                    Err(e) => CaseResult {
+                        failure: Some(e.to_string()),
+                        ..new_result(case)
+                    },
+                },
+            };
+            if let Some(decision) = &checked.decision {
+                mark_coverage(coverage, decision);
+            }
+            if !checked.passed {
+                let why = checked.failure.unwrap_or_default();
+                result.failure = Some(failed(format!("request {}: {why}", n + 1)));
+                result.decision = checked.decision;
+                return result;
+            }
+        }
+    }
+    check_request(&mut policy, &case.request, &case.expect, result)
+}
+
+/// Sends one request and compares its decision with `expect`.
+fn check_request(
+    policy: &mut LoadedPolicy<'_>,
+    request: &RequestSpec,
+    expect: &Expectation,
+    mut result: CaseResult,
+) -> CaseResult {
     if expect.cluster.is_some() == expect.deny.is_some() {
         result.failure = Some("expect names exactly one of cluster or deny".into());
         return result;
     }
-    let evaluation = match policy.evaluate(&case.request) {
+    let evaluation = match policy.evaluate(request) {
         Ok(e) => e,
         Err(e) => {
             result.failure = Some(e.to_string());
@@ -276,7 +326,8 @@ fn run_case(policy: &mut LoadedPolicy<'_>, case: &TestCase) -> CaseResult {
         (Some(want), Outcome::Deny { message, .. }) => message == want,
         (Some(_), Outcome::Route { .. }) => false,
     };
-    result.passed = outcome_ok && rule_ok && message_ok;
+    let fallback_ok = expect.fallback.is_none() || expect.fallback == decision.fallback;
+    result.passed = outcome_ok && rule_ok && message_ok && fallback_ok;
     if !result.passed {
         result.failure = Some(format!(
             "expected  {}\ngot       {}",

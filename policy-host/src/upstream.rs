@@ -42,6 +42,7 @@ impl Response {
 struct Script {
     route_header: Option<String>,
     clusters: HashMap<String, Response>,
+    latencies: HashMap<String, std::time::Duration>,
     callouts: HashMap<String, VecDeque<Response>>,
 }
 
@@ -66,9 +67,22 @@ impl Upstreams {
         self.with(|s| s.route_header = Some(header.to_ascii_lowercase()));
     }
 
-    /// Every request routed to `cluster` gets `response`.
+    /// Every request routed to `cluster`, and every callout to it without
+    /// a queued reply, gets `response`.
     pub fn answer(&self, cluster: &str, response: Response) {
         self.with(|s| s.clusters.insert(cluster.to_string(), response));
+    }
+
+    /// `cluster` takes `latency` to answer (on a virtual clock).
+    pub fn delay(&self, cluster: &str, latency: std::time::Duration) {
+        self.with(|s| s.latencies.insert(cluster.to_string(), latency));
+    }
+
+    /// How long `cluster` takes to answer.
+    pub fn latency(&self, cluster: Option<&str>) -> std::time::Duration {
+        cluster
+            .and_then(|c| self.with(|s| s.latencies.get(c).copied()))
+            .unwrap_or_default()
     }
 
     /// The next callout to `upstream` gets `reply` (replies queue up, one per call).
@@ -97,8 +111,12 @@ impl Upstreams {
         scripted.unwrap_or_else(|| Response::json(200, "{}"))
     }
 
-    /// The scripted reply to the next callout to `upstream`, if any.
+    /// The scripted reply to the next callout to `upstream`, if any: the
+    /// next queued one, else what the cluster answers every request.
     pub(crate) fn next_callout_reply(&self, upstream: &str) -> Option<Response> {
-        self.with(|s| s.callouts.get_mut(upstream).and_then(VecDeque::pop_front))
+        self.with(|s| {
+            let queued = s.callouts.get_mut(upstream).and_then(VecDeque::pop_front);
+            queued.or_else(|| s.clusters.get(upstream).cloned())
+        })
     }
 }

@@ -372,6 +372,7 @@ impl Vm {
             let mut response: HeaderMap =
                 vec![(":status".into(), reply.status.to_string().into_bytes())];
             response.extend(reply.headers.iter().cloned());
+            self.store.data_mut().exchange.response_code = u16::try_from(reply.status).ok();
             self.respond(ctx, response, reply.body.clone())?;
         } else if action == Some(1) && !self.store.data().exchange.resumed {
             paused = true;
@@ -382,6 +383,12 @@ impl Vm {
             let upstreams = self.store.data().environment.upstreams.clone();
             upstream_cluster = upstreams.cluster_of(&upstream_headers);
             let response = upstreams.response(upstream_cluster.as_deref());
+            let latency = upstreams.latency(upstream_cluster.as_deref());
+            // A virtual clock moves on while the upstream answers; a real one cannot be moved.
+            let _ = self.store.data().environment.clock.advance(latency);
+            let exchange = &mut self.store.data_mut().exchange;
+            exchange.response_code = Some(response.status);
+            exchange.upstream_cluster = upstream_cluster.clone();
             self.respond(ctx, response.header_map(), response.body)?;
         }
         self.call("proxy_on_log", &[ctx], CALLBACK_FUEL)?;

@@ -83,6 +83,17 @@ pub fn policy_yaml(n: usize, decision_cache_size: Option<usize>) -> String {
     text
 }
 
+/// `policy` with a constraint on live state after its residency rule: every
+/// cluster must be healthy (all are, in a benchmark, so the decisions stay
+/// the same), and the filter observes every response.
+pub fn with_live_health(policy: &str) -> String {
+    policy.replacen(
+        "  - name: tenant-required\n",
+        "  - name: healthy\n    require: cluster.live.healthy\n  - name: tenant-required\n",
+        1,
+    )
+}
+
 /// The `n`-rule policy as an Envoy Lua filter, rule for rule: constraints
 /// and denials first in document order, then the first selection rule that
 /// picks a surviving cluster, then the default. Denials answer with the same

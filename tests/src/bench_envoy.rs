@@ -19,8 +19,16 @@ pub const ROUTING_HEADER: &str = "x-celroute-cluster";
 pub enum Filter {
     None,
     HeaderOnly,
-    Lua { rules: usize },
-    Celroute { rules: usize, cache: bool },
+    Lua {
+        rules: usize,
+    },
+    /// `live`: the policy also requires `cluster.live.healthy`, so the
+    /// filter observes every response and keeps a live snapshot.
+    Celroute {
+        rules: usize,
+        cache: bool,
+        live: bool,
+    },
 }
 
 fn wasm_filter(name: &str, code: &Path, configuration: &str) -> serde_json::Value {
@@ -61,11 +69,19 @@ pub fn envoy_config(filter: &Filter, upstream: u16, wasm_dir: &Path) -> Result<C
                 "default_source_code": {"inline_string": bench::lua(*rules, ROUTING_HEADER)},
             },
         })),
-        Filter::Celroute { rules, cache } => http_filters.push(wasm_filter(
-            "celroute",
-            &wasm_dir.join("celroute.wasm"),
-            &bench::policy_yaml(*rules, (!cache).then_some(0)),
-        )),
+        Filter::Celroute { rules, cache, live } => {
+            let policy = bench::policy_yaml(*rules, (!cache).then_some(0));
+            let policy = if *live {
+                bench::with_live_health(&policy)
+            } else {
+                policy
+            };
+            http_filters.push(wasm_filter(
+                "celroute",
+                &wasm_dir.join("celroute.wasm"),
+                &policy,
+            ))
+        }
     }
     // Without a filter there is no routing header: proxy to one cluster.
     let proxied = match filter {

@@ -416,6 +416,14 @@ impl Envoy {
     }
 }
 
+impl Envoy {
+    /// Stops Envoy now (dropping it does too).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Envoy {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -7,6 +7,8 @@ pub mod clouds;
 pub mod ecds;
 pub mod envoy;
 pub mod http;
+pub mod live;
+pub mod load;
 pub mod scenarios;
 pub mod tls;
 
@@ -34,8 +36,21 @@ use anyhow::Result;
 /// The simulated clouds of [`CLOUDS`] on free loopback ports, served by a
 /// runtime of their own; they stop when it is dropped.
 pub fn start_clouds() -> Result<(tokio::runtime::Runtime, BTreeMap<String, SocketAddr>)> {
+    let (runtime, clouds, _feed) = start_controlled_clouds()?;
+    let addresses = clouds.into_iter().map(|(n, c)| (n, c.address)).collect();
+    Ok((runtime, addresses))
+}
+
+/// The simulated clouds of [`CLOUDS`] with their controls (faults, load),
+/// and a signals feed, on free loopback ports, served by a runtime of their
+/// own; they stop when it is dropped.
+pub fn start_controlled_clouds() -> Result<(
+    tokio::runtime::Runtime,
+    BTreeMap<String, clouds::Cloud>,
+    clouds::Feed,
+)> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .enable_all()
         .build()?;
     let specs: Vec<(String, SocketAddr)> = CLOUDS
@@ -43,8 +58,9 @@ pub fn start_clouds() -> Result<(tokio::runtime::Runtime, BTreeMap<String, Socke
         .map(|name| (name.to_string(), SocketAddr::from(([127, 0, 0, 1], 0))))
         .collect();
     let bound = runtime.block_on(clouds::serve(&specs))?;
-    let addresses = bound.into_iter().map(|c| (c.name, c.address)).collect();
-    Ok((runtime, addresses))
+    let feed = runtime.block_on(clouds::serve_feed(SocketAddr::from(([127, 0, 0, 1], 0))))?;
+    let clouds = bound.into_iter().map(|c| (c.name.clone(), c)).collect();
+    Ok((runtime, clouds, feed))
 }
 
 /// Simulated clouds plus an Envoy routing to them, from `envoy/envoy.yaml`

@@ -14,6 +14,11 @@
 //!    `order_by` picks the lowest (or highest) key, the earliest in
 //!    inventory order on ties.
 //! 4. The default if it survived, else the first surviving cluster.
+//! 5. The fallback (where Envoy retries) is what 3 and 4 give with the
+//!    chosen cluster out too; none when it was the only candidate.
+//!
+//! Clusters have a live `healthy` state; `require: cluster.live.healthy`
+//! constrains on it like any attribute.
 
 use std::fmt::Write as _;
 
@@ -51,6 +56,8 @@ pub struct Cluster {
     pub name: String,
     pub region: &'static str,
     pub price: i64,
+    /// Its live state: the circuit breaker closed.
+    pub healthy: bool,
 }
 
 /// A rule's condition on the request.
@@ -71,6 +78,8 @@ pub enum Require {
     /// `int(request.headers['x-n']) > cluster.price`: an error when `x-n`
     /// is absent or not an integer.
     BudgetAbovePrice,
+    /// `cluster.live.healthy`.
+    Healthy,
 }
 
 #[derive(Debug, Clone)]
@@ -100,8 +109,15 @@ pub struct Scenario {
 /// What a request must get.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expected {
-    Route { cluster: String, rule: String },
-    Deny { status: u16, rule: String },
+    Route {
+        cluster: String,
+        rule: String,
+        fallback: Option<String>,
+    },
+    Deny {
+        status: u16,
+        rule: String,
+    },
 }
 
 impl Scenario {
@@ -111,6 +127,7 @@ impl Scenario {
                 name: format!("c{i}"),
                 region: REGIONS[rng.below(3)],
                 price: 1 + rng.below(100) as i64,
+                healthy: rng.chance(80),
             })
             .collect();
         let rules = (0..rng.below(8))
@@ -125,10 +142,11 @@ impl Scenario {
                     }
                 }),
                 action: match rng.below(10) {
-                    0..=4 => Action::Require(match rng.below(4) {
+                    0..=4 => Action::Require(match rng.below(5) {
                         0 => Require::Region(REGIONS[rng.below(3)]),
                         1 => Require::RegionIn(vec![REGIONS[rng.below(3)], REGIONS[rng.below(3)]]),
                         2 => Require::PriceBelow(1 + rng.below(100) as i64),
+                        3 => Require::Healthy,
                         _ => Require::BudgetAbovePrice,
                     }),
                     5 => Action::Deny(if rng.chance(50) { 403 } else { 429 }),
@@ -221,7 +239,16 @@ impl Scenario {
         if let Some(d) = self.default {
             let _ = writeln!(out, "default: {}", self.clusters[d].name);
         }
+        out.push_str("options: {fallback_header: x-fallback}\n");
         out
+    }
+
+    /// Each cluster's live `healthy` value.
+    pub fn health(&self) -> Vec<(String, bool)> {
+        self.clusters
+            .iter()
+            .map(|c| (c.name.clone(), c.healthy))
+            .collect()
     }
 
     fn header(&self, name: &str) -> Option<&str> {
@@ -253,6 +280,7 @@ impl Scenario {
                 let budget: i64 = self.header("x-n").ok_or(())?.parse().map_err(|_| ())?;
                 Ok(budget > cluster.price)
             }
+            Require::Healthy => Ok(cluster.healthy),
         }
     }
 
@@ -304,10 +332,17 @@ impl Scenario {
                 rule: emptied_by.unwrap_or_else(|| "no-candidate".into()),
             };
         }
-        let route = |c: usize, rule: &str| Expected::Route {
-            cluster: self.clusters[c].name.clone(),
-            rule: rule.to_string(),
-        };
+        let (chosen, rule) = self.select(&alive);
+        let rest: Vec<usize> = alive.iter().copied().filter(|&c| c != chosen).collect();
+        Expected::Route {
+            cluster: self.clusters[chosen].name.clone(),
+            rule,
+            fallback: (!rest.is_empty()).then(|| self.clusters[self.select(&rest).0].name.clone()),
+        }
+    }
+
+    /// Steps 3 and 4 among `alive` (not empty): the cluster and the rule.
+    fn select(&self, alive: &[usize]) -> (usize, String) {
         for rule in &self.rules {
             let selects = matches!(rule.action, Action::Prefer(_) | Action::OrderBy { .. });
             // An error in a selection rule's `when` skips the rule.
@@ -323,7 +358,7 @@ impl Scenario {
                 Action::Prefer(list) => list.iter().copied().find(|c| alive.contains(c)),
                 Action::OrderBy { descending } => {
                     let mut best: Option<usize> = None;
-                    for &c in &alive {
+                    for &c in alive {
                         let better = best.is_none_or(|b| {
                             let (x, y) = (self.clusters[c].price, self.clusters[b].price);
                             if *descending {
@@ -341,12 +376,12 @@ impl Scenario {
                 _ => None,
             };
             if let Some(c) = chosen {
-                return route(c, &rule.name);
+                return (c, rule.name.clone());
             }
         }
         match self.default.filter(|d| alive.contains(d)) {
-            Some(d) => route(d, "default"),
-            None => route(alive[0], "first-candidate"),
+            Some(d) => (d, "default".into()),
+            None => (alive[0], "first-candidate".into()),
         }
     }
 
@@ -389,5 +424,6 @@ fn require_cel(require: &Require) -> String {
         }
         Require::PriceBelow(p) => format!("cluster.price < {p}"),
         Require::BudgetAbovePrice => "int(request.headers['x-n']) > cluster.price".to_string(),
+        Require::Healthy => "cluster.live.healthy".to_string(),
     }
 }

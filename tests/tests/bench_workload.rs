@@ -26,6 +26,7 @@ fn lua_and_celroute_benchmark_filters_decide_alike() {
             &Filter::Celroute {
                 rules: 20,
                 cache: true,
+                live: true,
             },
             port,
             &wasm_dir,
@@ -34,11 +35,28 @@ fn lua_and_celroute_benchmark_filters_decide_alike() {
     )
     .expect("celroute Envoy");
 
+    // The benchmark's plain celroute configuration decides alike too.
+    let plain = Envoy::start(
+        &envoy_config(
+            &Filter::Celroute {
+                rules: 20,
+                cache: true,
+                live: false,
+            },
+            port,
+            &wasm_dir,
+        )
+        .unwrap(),
+    )
+    .expect("celroute Envoy without live state");
+
     let mut requests = routed_requests(64);
     requests.extend(denied_requests());
     // Twice: the second pass is answered from celroute's decision cache.
     for _ in 0..2 {
-        let n = same_decisions(("lua", &lua), ("celroute", &cel), &requests).unwrap();
+        let n = same_decisions(("lua", &lua), ("celroute, live", &cel), &requests).unwrap();
+        assert_eq!(n, requests.len());
+        let n = same_decisions(("lua", &lua), ("celroute", &plain), &requests).unwrap();
         assert_eq!(n, requests.len());
     }
 

@@ -32,20 +32,25 @@ fn served_by(reply: &Reply) -> &str {
 }
 
 #[test]
-fn shipped_config_embeds_the_shipped_policy_and_validates() {
-    let mut config = Config::shipped("envoy.yaml", &BTreeMap::new()).expect("shipped config");
-    assert_eq!(
-        config.policy().expect("policy"),
-        read_policy("eu-residency-cost.yaml"),
-        "envoy/envoy.yaml must embed policies/eu-residency-cost.yaml verbatim"
-    );
-    let (ok, output) =
-        envoy::validate_file(&repo_root().join("envoy/envoy.yaml")).expect("validate");
-    assert!(ok, "envoy --mode validate failed:\n{output}");
-    assert!(
-        output.contains("loaded policy 'eu-residency-cost'"),
-        "{output}"
-    );
+fn shipped_configs_embed_the_shipped_policies_and_validate() {
+    for (file, policy, name) in [
+        ("envoy.yaml", "eu-residency-cost.yaml", "eu-residency-cost"),
+        ("envoy-live.yaml", "failover.yaml", "failover"),
+    ] {
+        let mut config = Config::shipped(file, &BTreeMap::new()).expect("shipped config");
+        assert_eq!(
+            config.policy().expect("policy"),
+            read_policy(policy),
+            "envoy/{file} must embed policies/{policy} verbatim"
+        );
+        let (ok, output) =
+            envoy::validate_file(&repo_root().join("envoy").join(file)).expect("validate");
+        assert!(ok, "{file}: envoy --mode validate failed:\n{output}");
+        assert!(
+            output.contains(&format!("loaded policy '{name}'")),
+            "{output}"
+        );
+    }
 }
 
 #[test]
@@ -54,6 +59,13 @@ fn every_shipped_policy_passes_envoy_validate() {
         "eu-residency-cost.yaml",
         "task-specialization.yaml",
         "active-passive.yaml",
+        "failover.yaml",
+        "lowest-latency.yaml",
+        "hybrid-burst.yaml",
+        "cheapest-live.yaml",
+        "weighted-split.yaml",
+        "data-gravity.yaml",
+        "workload-identity.yaml",
     ] {
         let config = Config::shipped("envoy.yaml", &BTreeMap::new())
             .and_then(|c| c.with_policy(&read_policy(file)))

@@ -106,6 +106,13 @@ fn shipped_test_cases_decide_identically_in_envoy_and_policy_host() {
         "eu-residency-cost.test.yaml",
         "task-specialization.test.yaml",
         "active-passive.test.yaml",
+        // Live policies: their cases that start from no live state (every
+        // cluster healthy, nothing measured or fed), as Envoy starts.
+        "failover.test.yaml",
+        "weighted-split.test.yaml",
+        "cheapest-live.test.yaml",
+        "hybrid-burst.test.yaml",
+        "data-gravity.test.yaml",
     ] {
         let path = repo_root().join("policies").join(test_file);
         let tests: TestFile =
@@ -116,10 +123,11 @@ fn shipped_test_cases_decide_identically_in_envoy_and_policy_host() {
         let cases: Vec<_> = tests
             .cases
             .into_iter()
+            .filter(|c| c.live.is_none() && c.steps.is_empty())
             .map(|c| (c.name, c.request))
             .collect();
         let n = compare(&stack, &mut policy, &cases);
-        assert!(n >= 2, "{test_file}: too few cases");
+        assert!(n >= 1, "{test_file}: no case to compare");
     }
 }
 

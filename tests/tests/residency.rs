@@ -13,11 +13,13 @@
 use std::time::Instant;
 
 use celroute::engine::testing::TestHost;
-use celroute::engine::{Decision, Outcome, Policy};
+use celroute::engine::{Decision, Outcome, Policy, Router};
+use celroute::signals::{snapshot, ClusterState, Signal};
 use celroute_tests::envoy::wasm;
 use celroute_tests::scenarios::{Expected, Rng, Scenario};
 use policy_host::policy::LoadedPolicy;
 use policy_host::request::{Headers, RequestSpec};
+use policy_host::scripted;
 use policy_host::vm::FilterModule;
 
 /// Policies per run, and requests decided with each.
@@ -36,6 +38,7 @@ fn as_expected(decision: &Decision) -> Expected {
         Outcome::Route { cluster } => Expected::Route {
             cluster: cluster.clone(),
             rule: decision.rule.clone(),
+            fallback: decision.fallback.clone(),
         },
         Outcome::Deny { status, .. } => Expected::Deny {
             status: *status,
@@ -44,21 +47,49 @@ fn as_expected(decision: &Decision) -> Expected {
     }
 }
 
-fn native(scenario: &Scenario) -> Expected {
+/// A router for the scenario's policy, under its clusters' live health.
+fn router(scenario: &Scenario) -> Router {
     let policy = match Policy::load(&scenario.policy()) {
         Ok(p) => p,
         Err(e) => panic!("a generated policy must load: {e}\n{}", scenario.policy()),
     };
-    decide(&policy, scenario)
+    let router = Router::new(policy);
+    let states: Vec<(String, ClusterState)> = scenario
+        .health()
+        .into_iter()
+        .map(|(name, healthy)| {
+            let mut state = ClusterState::default();
+            let _ = state.set_field("healthy", Signal::Bool(healthy), NOW);
+            (name, state)
+        })
+        .collect();
+    let snapshot = snapshot(
+        states.iter().map(|(n, s)| (n.as_str(), s)),
+        router.policy().live_options(),
+        NOW,
+    );
+    router.set_live(&snapshot);
+    router
 }
 
-fn decide(policy: &Policy, scenario: &Scenario) -> Expected {
+/// The time the live states are set and read at (ms since the epoch).
+const NOW: u64 = 1_767_225_600_000;
+
+fn native(scenario: &Scenario) -> Expected {
+    decide(&router(scenario), scenario)
+}
+
+fn decide(router: &Router, scenario: &Scenario) -> Expected {
     let headers: Vec<(&str, &str)> = scenario
         .headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    as_expected(&policy.decide(&mut TestHost::with_headers(&headers), false))
+    as_expected(
+        &router
+            .decide(&mut TestHost::with_headers(&headers), false)
+            .0,
+    )
 }
 
 /// Checks one decision; on failure, shrinks the scenario with `decide_again`.
@@ -69,11 +100,17 @@ fn check(
     decide_again: impl Fn(&Scenario) -> Expected,
 ) {
     let expected = scenario.expected();
-    let inside = match got {
-        Expected::Route { cluster, .. } => scenario
+    let allowed = |name: &String| {
+        scenario
             .allowed()
             .iter()
-            .any(|&c| scenario.clusters[c].name == *cluster),
+            .any(|&c| scenario.clusters[c].name == *name)
+    };
+    // The cluster, and the fallback a retry goes to, are both allowed.
+    let inside = match got {
+        Expected::Route {
+            cluster, fallback, ..
+        } => allowed(cluster) && fallback.iter().all(|f| allowed(f) && f != cluster),
         Expected::Deny { .. } => true,
     };
     if *got == expected && inside {
@@ -102,10 +139,10 @@ fn every_decision_is_the_documented_one_and_stays_inside_its_constraints() {
     let (mut routed, mut denied, mut no_candidate) = (0, 0, 0);
     for _ in 0..POLICIES {
         let mut scenario = Scenario::generate(&mut rng);
-        let policy = Policy::load(&scenario.policy()).expect("a generated policy loads");
+        let router = router(&scenario);
         for _ in 0..REQUESTS_PER_POLICY {
             scenario.headers = Scenario::request(&mut rng);
-            let got = decide(&policy, &scenario);
+            let got = decide(&router, &scenario);
             match &got {
                 Expected::Route { .. } => routed += 1,
                 Expected::Deny { status: 451, .. } => no_candidate += 1,
@@ -132,14 +169,33 @@ fn a_sample_decides_the_same_in_the_real_filter() {
         headers: Headers::List(scenario.headers.clone()),
         ..RequestSpec::default()
     };
+    // The policy in the filter, its clusters' health set as live state.
+    let load = |scenario: &Scenario| {
+        let mut loaded = LoadedPolicy::load_in(
+            &module,
+            scenario.policy().as_bytes(),
+            scripted::environment(),
+        )
+        .unwrap_or_else(|e| panic!("a generated policy loads: {e}\n{}", scenario.policy()));
+        let live = scenario
+            .health()
+            .into_iter()
+            .map(|(name, healthy)| {
+                (
+                    name,
+                    [("healthy".to_string(), serde_json::Value::Bool(healthy))].into(),
+                )
+            })
+            .collect();
+        scripted::set_live(&mut loaded, &live).unwrap();
+        loaded
+    };
     let through_filter = |scenario: &Scenario| {
-        let mut loaded = LoadedPolicy::load(&module, scenario.policy().as_bytes())
-            .unwrap_or_else(|e| panic!("a generated policy loads: {e}\n{}", scenario.policy()));
-        as_expected(&loaded.evaluate(&spec(scenario)).unwrap().decision)
+        as_expected(&load(scenario).evaluate(&spec(scenario)).unwrap().decision)
     };
     for _ in 0..100 {
         let mut scenario = Scenario::generate(&mut rng);
-        let mut loaded = LoadedPolicy::load(&module, scenario.policy().as_bytes()).unwrap();
+        let mut loaded = load(&scenario);
         for _ in 0..3 {
             scenario.headers = Scenario::request(&mut rng);
             let got = as_expected(&loaded.evaluate(&spec(&scenario)).unwrap().decision);

@@ -21,6 +21,10 @@ pub(crate) enum Field {
     When,
     Require,
     OrderBy,
+    /// A `split` rule's weight, per candidate.
+    Split,
+    /// A `split` rule's stickiness key: one per request, like a `when`.
+    StickyBy,
 }
 
 impl Field {
@@ -29,7 +33,14 @@ impl Field {
             Field::When => "when",
             Field::Require => "require",
             Field::OrderBy => "order_by",
+            Field::Split => "split",
+            Field::StickyBy => "sticky_by",
         }
+    }
+
+    /// An expression evaluated once per request, where `cluster` means nothing.
+    pub(crate) fn per_request(self) -> bool {
+        matches!(self, Field::When | Field::StickyBy)
     }
 }
 
@@ -101,6 +112,9 @@ pub(crate) struct Analysis<'a> {
     /// selection, or a whole cluster value (`cluster` or `clusters` used as
     /// a value). Never set when no live field exists.
     pub(crate) reads_live: bool,
+    /// The live fields it names; `None` once it may read any (a whole
+    /// `cluster.live` or cluster value).
+    pub(crate) live_names: Option<BTreeSet<String>>,
     pub(crate) problems: Vec<(u64, String)>,
     /// Variables bound by enclosing comprehensions (`exists(h, ...)`).
     scopes: Vec<String>,
@@ -120,6 +134,7 @@ impl<'a> Analysis<'a> {
             field,
             needs: AttributeNeeds::default(),
             reads_live: false,
+            live_names: Some(BTreeSet::new()),
             problems: Vec::new(),
             scopes: Vec::new(),
         }
@@ -141,6 +156,9 @@ impl<'a> Analysis<'a> {
     fn live_field(&mut self, id: u64, field: &str) {
         self.cluster_available(id);
         self.reads_live = true;
+        if let Some(names) = &mut self.live_names {
+            names.insert(field.to_string());
+        }
         if !self.live_fields.contains(field) {
             let hint = did_you_mean(field, self.live_fields.names())
                 .map(|c| format!(" (did you mean '{c}'?)"))
@@ -160,6 +178,7 @@ impl<'a> Analysis<'a> {
         self.cluster_available(id);
         if field == LIVE && !self.live_fields.is_empty() {
             self.reads_live = true;
+            self.live_names = None;
             return;
         }
         if !self.cluster_fields.contains(field) {
@@ -252,6 +271,7 @@ impl<'a> Analysis<'a> {
         if select.field == LIVE && !self.live_fields.is_empty() {
             // `clusters['aws'].live`, `c.live` in a comprehension
             self.reads_live = true;
+            self.live_names = None;
         }
         self.walk(&select.operand);
     }
@@ -383,7 +403,10 @@ impl<'a> Analysis<'a> {
         if name == "clusters" || name == "cluster" {
             // A whole cluster value (or all of them) carries its live state;
             // never fetched from the request.
-            self.reads_live |= !self.live_fields.is_empty();
+            if !self.live_fields.is_empty() {
+                self.reads_live = true;
+                self.live_names = None;
+            }
         }
         if name == "clusters" {
             return;
@@ -411,7 +434,7 @@ impl<'a> Analysis<'a> {
     }
 
     fn cluster_available(&mut self, id: u64) {
-        if self.field == Field::When {
+        if self.field.per_request() {
             self.problem(
                 id,
                 "'cluster' is the candidate being judged: it exists in require and order_by, not in when (use clusters['name'] here)".to_string(),

@@ -147,7 +147,30 @@ impl<'a> Run<'a> {
         if let Some(denied) = self.constrain(&mut alive) {
             return denied;
         }
-        self.select(&alive)
+        let mut decision = self.select(&alive);
+        if self.policy.fallback_header.is_some() {
+            decision.fallback = self.runner_up(&decision, &alive);
+        }
+        decision
+    }
+
+    /// What the selection picks when the chosen cluster is out too: where a
+    /// retry may go. Only candidates the constraints left qualify.
+    fn runner_up(&mut self, decision: &Decision, alive: &[usize]) -> Option<String> {
+        let Outcome::Route { cluster } = &decision.outcome else {
+            return None;
+        };
+        let rest: Vec<usize> = (alive.iter().copied())
+            .filter(|&c| self.policy.clusters[c].name != *cluster)
+            .collect();
+        if rest.is_empty() {
+            return None;
+        }
+        // The first selection took the trace and errors; this one keeps none.
+        match self.select(&rest).outcome {
+            Outcome::Route { cluster } => Some(cluster),
+            Outcome::Deny { .. } => None,
+        }
     }
 
     /// Steps 1 and 2: denials and constraints, in document order. Returns
@@ -158,7 +181,7 @@ impl<'a> Run<'a> {
         for rule in &policy.rules {
             let fail_closed = match &rule.action {
                 Action::Deny { .. } | Action::Require(_) => true,
-                Action::Prefer(_) | Action::OrderBy { .. } => continue,
+                Action::Prefer(_) | Action::OrderBy { .. } | Action::Split { .. } => continue,
             };
             let mut step_errors = Vec::new();
             if !self.when(
@@ -186,7 +209,7 @@ impl<'a> Run<'a> {
                     }
                     self.step(&rule.name, StepResult::Constrained, excluded, step_errors);
                 }
-                Action::Prefer(_) | Action::OrderBy { .. } => {}
+                Action::Prefer(_) | Action::OrderBy { .. } | Action::Split { .. } => {}
             }
         }
         if !alive.is_empty() {
@@ -257,6 +280,9 @@ impl<'a> Run<'a> {
                 Action::Prefer(preferred) => preferred.iter().copied().find(|c| alive.contains(c)),
                 Action::OrderBy { key, descending } => {
                     self.order_by(&rule.name, key, *descending, alive, &mut step_errors)
+                }
+                Action::Split { weight, sticky_by } => {
+                    self.split(&rule.name, weight, sticky_by, alive, &mut step_errors)
                 }
             };
             match chosen {
@@ -375,6 +401,71 @@ impl<'a> Run<'a> {
         best.map(|(c, _)| c)
     }
 
+    /// A weighted split by rendezvous hashing: each candidate with a
+    /// positive weight scores `weight / -ln(u)`, `u` a uniform value hashed
+    /// from the stickiness key and the cluster's name; the highest wins. A
+    /// key keeps its cluster while that cluster stays a candidate, and only
+    /// the keys of a cluster that leaves move. An error in the key skips the
+    /// rule; an error in a weight leaves that cluster out.
+    fn split(
+        &mut self,
+        rule: &str,
+        weight: &Expression,
+        sticky_by: &Expression,
+        alive: &[usize],
+        step_errors: &mut Vec<String>,
+    ) -> Option<usize> {
+        let key = match sticky_by.evaluate(self.context()) {
+            Ok(Value::String(key)) => key,
+            Ok(other) => {
+                step_errors.push(format!(
+                    "rule '{rule}': sticky_by returned {}, not a string; rule skipped",
+                    other.type_of()
+                ));
+                self.errors.extend(step_errors.iter().cloned());
+                return None;
+            }
+            Err(e) => {
+                step_errors.push(format!("rule '{rule}': sticky_by: {e}; rule skipped"));
+                self.errors.extend(step_errors.iter().cloned());
+                return None;
+            }
+        };
+        let mut best: Option<(usize, f64)> = None;
+        for &c in alive {
+            let cluster = &self.policy.clusters[c];
+            let w = match self.per_cluster(weight, c) {
+                Ok(Value::Int(i)) => i as f64,
+                Ok(Value::UInt(u)) => u as f64,
+                Ok(Value::Float(f)) => f,
+                Ok(other) => {
+                    step_errors.push(format!(
+                        "rule '{rule}': split weight of '{}': returned {}, not a number; cluster left out",
+                        cluster.name,
+                        other.type_of()
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    step_errors.push(format!(
+                        "rule '{rule}': split weight of '{}': {e}; cluster left out",
+                        cluster.name
+                    ));
+                    continue;
+                }
+            };
+            if !(w.is_finite() && w > 0.0) {
+                continue;
+            }
+            let score = w / -unit_hash(&key, &cluster.name).ln();
+            if best.is_none_or(|(_, b)| score > b) {
+                best = Some((c, score));
+            }
+        }
+        self.errors.extend(step_errors.iter().cloned());
+        best.map(|(c, _)| c)
+    }
+
     fn step(&mut self, rule: &str, result: StepResult, excluded: Vec<String>, errors: Vec<String>) {
         if let Some(steps) = &mut self.steps {
             steps.push(TraceStep {
@@ -397,10 +488,23 @@ impl<'a> Run<'a> {
         Decision {
             outcome,
             rule: rule.to_string(),
+            fallback: None,
             errors: std::mem::take(&mut self.errors),
             trace,
         }
     }
+}
+
+/// A value in (0, 1) hashed from a key and a cluster name (FNV-1a, then a
+/// 64-bit finalizer so that close inputs spread).
+fn unit_hash(key: &str, cluster: &str) -> f64 {
+    let mut h = super::fnv1a64(key.as_bytes()) ^ super::fnv1a64(cluster.as_bytes()).rotate_left(32);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64
 }
 
 /// Orders two sort keys: numbers with numbers (int, uint and double mixed), strings with strings.

@@ -20,6 +20,11 @@ pub struct Decision {
     pub outcome: Outcome,
     /// The deciding rule, or `default`, `first-candidate` when no rule chose.
     pub rule: String,
+    /// Where a retry may go when the chosen cluster fails: the policy's
+    /// next choice among the candidates the constraints left (only with
+    /// `options.fallback_header`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
     /// Evaluation errors met (each names the rule and the cluster).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,

@@ -25,9 +25,72 @@ pub struct PolicyDocument {
     pub default: Option<String>,
     #[serde(default)]
     pub options: OptionsDocument,
+    /// Live cluster state: staleness, circuit breaker, signals feed.
+    #[serde(default)]
+    pub live: Option<LiveDocument>,
 }
 
-/// One rule. Exactly one of `require`, `deny`, `prefer`, `order_by` is set.
+/// `live:`: how live cluster state is kept (see `docs/live-signals.md`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveDocument {
+    /// Observed and reported values older than this are absent (`10s`).
+    #[serde(default)]
+    pub stale_after: Option<String>,
+    /// Named values a feed supplies beyond the built-in fields.
+    #[serde(default)]
+    pub fields: Vec<String>,
+    #[serde(default)]
+    pub breaker: Option<BreakerDocument>,
+    #[serde(default)]
+    pub feed: Option<FeedDocument>,
+    #[serde(default)]
+    pub scrape: Option<ScrapeDocument>,
+}
+
+/// `live.scrape`: model servers' Prometheus `/metrics`, polled per cluster.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScrapeDocument {
+    pub clusters: Vec<String>,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub every: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Live field -> metric names read for it, replacing the defaults.
+    #[serde(default)]
+    pub metrics: Option<indexmap::IndexMap<String, Vec<String>>>,
+}
+
+/// `live.breaker`: when a cluster's circuit breaker opens, and for how long.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerDocument {
+    #[serde(default)]
+    pub consecutive_failures: Option<u32>,
+    #[serde(default)]
+    pub cool_down: Option<String>,
+    /// Path of the request that probes a cluster after its cool-down.
+    #[serde(default)]
+    pub probe_path: Option<String>,
+}
+
+/// `live.feed`: a signals document polled from an Envoy cluster.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedDocument {
+    pub cluster: String,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub every: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// One rule. Exactly one of `require`, `deny`, `prefer`, `order_by`, `split` is set.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleDocument {
@@ -42,6 +105,13 @@ pub struct RuleDocument {
     pub prefer: Option<Vec<String>>,
     #[serde(default)]
     pub order_by: Option<String>,
+    /// A weighted split: each candidate's weight (a CEL number).
+    #[serde(default)]
+    pub split: Option<String>,
+    /// With `split`: the key that keeps requests on one cluster (a CEL
+    /// string); default `request.id`, a different cluster per request.
+    #[serde(default)]
+    pub sticky_by: Option<String>,
     /// With `order_by`: pick the highest value instead of the lowest.
     #[serde(default)]
     pub descending: Option<bool>,
@@ -69,6 +139,10 @@ pub struct OptionsDocument {
     /// Response header naming the chosen cluster, deciding rule and policy version; off when absent.
     #[serde(default)]
     pub decision_header: Option<String>,
+    /// Request header that carries the fallback cluster (the policy's next
+    /// choice) for Envoy's retries; off when absent.
+    #[serde(default)]
+    pub fallback_header: Option<String>,
     /// `trace`, `debug`, `info`, `warn`, `error` or `off`.
     #[serde(default)]
     pub log_level: Option<String>,

@@ -16,22 +16,36 @@ use super::policy::Policy;
 /// epoch the decision cache keys by.
 pub(crate) struct LiveView {
     pub(crate) epoch: u64,
+    /// Each cluster's live values the policy reads, in inventory order: two
+    /// snapshots that agree on them decide alike.
+    pub(crate) read: Vec<Vec<(String, Value)>>,
     pub(crate) clusters: Vec<Box<dyn cel::common::value::Val>>,
     pub(crate) clusters_value: Box<dyn cel::common::value::Val>,
 }
 
 impl LiveView {
-    /// The view of `snapshot` for `policy`: fields outside the policy's
-    /// catalog, and clusters outside its inventory, are left out.
+    /// Each cluster's values in `snapshot` that `policy` may read.
+    pub(crate) fn read(policy: &Policy, snapshot: &LiveSnapshot) -> Vec<Vec<(String, Value)>> {
+        (policy.clusters.iter())
+            .map(|cluster| {
+                (snapshot.clusters.get(&cluster.name).into_iter().flatten())
+                    .filter(|(field, _)| {
+                        policy.live_fields.contains(field) && policy.reads_live_field(field)
+                    })
+                    .map(|(field, value)| (field.clone(), value.clone()))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The view of `snapshot` for `policy`: fields it does not read, and
+    /// clusters outside its inventory, are left out.
     pub(crate) fn new(policy: &Policy, snapshot: &LiveSnapshot, epoch: u64) -> LiveView {
+        let read = LiveView::read(policy, snapshot);
         let mut values = Vec::with_capacity(policy.clusters.len());
-        for cluster in &policy.clusters {
-            let live: HashMap<Key, Value> = snapshot
-                .clusters
-                .get(&cluster.name)
-                .into_iter()
-                .flatten()
-                .filter(|(field, _)| policy.live_fields.contains(field))
+        for (cluster, fields) in policy.clusters.iter().zip(&read) {
+            let live: HashMap<Key, Value> = fields
+                .iter()
                 .map(|(field, value)| (Key::String(Arc::new(field.clone())), value.clone()))
                 .collect();
             let mut attributes = match &cluster.attributes {
@@ -54,6 +68,7 @@ impl LiveView {
         let clusters_value = to_val(clusters_map(&values));
         LiveView {
             epoch,
+            read,
             clusters: values.into_iter().map(|(_, v)| to_val(v)).collect(),
             clusters_value,
         }

@@ -9,7 +9,7 @@ mod analysis;
 mod attributes;
 mod budget;
 mod cache;
-mod compile;
+pub(crate) mod compile;
 mod cost;
 mod decide;
 mod decision;
@@ -27,11 +27,13 @@ mod router;
 
 pub use attributes::{AttributeHost, AttributeNeeds, Attributes};
 pub use cache::{CacheStats, Served, DEFAULT_DECISION_CACHE_SIZE};
+pub use compile::live::{is_field_name, parse_duration};
 pub use decision::{Decision, Outcome, StepResult, Trace, TraceStep};
 pub use document::PolicyDocument;
 pub use error::{PolicyError, PolicyErrors};
 pub use limits::Limits;
-pub use live::{LiveFields, LiveSnapshot, Reads, LIVE};
+pub use live::{default_scrape_metrics, DEFAULT_SCRAPE_METRICS};
+pub use live::{FeedOptions, LiveFields, LiveOptions, LiveSnapshot, Reads, BUILTIN_FIELDS, LIVE};
 pub use policy::{
     content_version, fnv1a64, LogLevel, Policy, PolicyDescription, RuleDescription,
     DEFAULT_ROUTING_HEADER,
@@ -48,3 +50,5 @@ mod tests;
 mod tests_limits;
 #[cfg(test)]
 mod tests_live;
+#[cfg(test)]
+mod tests_split;

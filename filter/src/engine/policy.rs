@@ -8,7 +8,7 @@ use cel::{Env, Value};
 
 use super::attributes::AttributeNeeds;
 use super::limits::Limits;
-use super::live::{LiveFields, Reads};
+use super::live::{LiveFields, LiveOptions, Reads};
 
 /// Default request header that carries the chosen cluster to Envoy.
 pub const DEFAULT_ROUTING_HEADER: &str = "x-celroute-cluster";
@@ -43,13 +43,20 @@ pub struct Policy {
     pub(crate) needs: AttributeNeeds,
     /// The live cluster fields this policy could name (`cluster.live.*`).
     pub(crate) live_fields: LiveFields,
+    /// How live state is kept: staleness, breaker, feed.
+    pub(crate) live_options: LiveOptions,
     /// Some expression reads live cluster state: decisions depend on the
     /// snapshot as well as on the request.
     pub(crate) reads_live: bool,
+    /// The live fields its expressions name; `None` when one may read any
+    /// (a whole `cluster.live` or cluster value).
+    pub(crate) live_read: Option<std::collections::BTreeSet<String>>,
     /// Which attribute roots to bind per request (those the policy reads).
     pub(crate) bound_roots: [bool; 4],
     pub(crate) routing_header: String,
     pub(crate) decision_header: Option<String>,
+    /// Request header that carries the fallback cluster, when enabled.
+    pub(crate) fallback_header: Option<String>,
     pub(crate) log_level: LogLevel,
     pub(crate) no_candidate_status: u16,
     pub(crate) version: String,
@@ -78,9 +85,48 @@ pub(crate) struct Rule {
 
 pub(crate) enum Action {
     Require(Expression),
-    Deny { status: u16, message: String },
+    Deny {
+        status: u16,
+        message: String,
+    },
     Prefer(Vec<usize>),
-    OrderBy { key: Expression, descending: bool },
+    OrderBy {
+        key: Expression,
+        descending: bool,
+    },
+    /// Weighted split: each candidate's weight, and the key that keeps a
+    /// key's requests on one cluster (rendezvous hashing).
+    Split {
+        weight: Expression,
+        sticky_by: Box<Expression>,
+    },
+}
+
+impl Action {
+    /// The expression evaluated once per candidate cluster, if any.
+    pub(crate) fn per_cluster(&self) -> Option<&Expression> {
+        match self {
+            Action::Require(e) | Action::OrderBy { key: e, .. } => Some(e),
+            Action::Split { weight, .. } => Some(weight),
+            Action::Deny { .. } | Action::Prefer(_) => None,
+        }
+    }
+
+    pub(crate) fn per_cluster_mut(&mut self) -> Option<&mut Expression> {
+        match self {
+            Action::Require(e) | Action::OrderBy { key: e, .. } => Some(e),
+            Action::Split { weight, .. } => Some(weight),
+            Action::Deny { .. } | Action::Prefer(_) => None,
+        }
+    }
+
+    /// Every expression of the action.
+    pub(crate) fn expressions(&self) -> Vec<&Expression> {
+        match self {
+            Action::Split { weight, sticky_by } => vec![weight, sticky_by.as_ref()],
+            other => other.per_cluster().into_iter().collect(),
+        }
+    }
 }
 
 /// A compiled CEL expression.
@@ -93,6 +139,8 @@ pub(crate) struct Expression {
     pub(crate) reads: Reads,
     /// Reads live cluster state (whatever else it reads).
     pub(crate) reads_live: bool,
+    /// The live fields it names; `None` when it may read any.
+    pub(crate) live_names: Option<std::collections::BTreeSet<String>>,
     /// For a per-cluster expression (`require`, `order_by`) that reads only
     /// the inventory: its result for each cluster, evaluated once at load.
     pub(crate) per_cluster: Option<Vec<Result<Value, cel::ExecutionError>>>,
@@ -104,6 +152,27 @@ impl Policy {
     /// The policy's name, when the document gives one.
     pub fn name(&self) -> Option<&str> {
         self.name.as_deref()
+    }
+    /// Some expression reads live cluster state (`cluster.live.*`): the
+    /// adapter observes traffic and keeps a live snapshot only then.
+    pub fn reads_live(&self) -> bool {
+        self.reads_live
+    }
+    /// The live fields the policy may name (built-in and declared).
+    pub fn live_field_names(&self) -> impl Iterator<Item = &str> + Clone {
+        self.live_fields.names()
+    }
+    /// Whether the policy may read the live field `name`.
+    pub fn reads_live_field(&self, name: &str) -> bool {
+        self.reads_live
+            && self
+                .live_read
+                .as_ref()
+                .is_none_or(|read| read.contains(name))
+    }
+    /// How live state is kept for this policy.
+    pub fn live_options(&self) -> &LiveOptions {
+        &self.live_options
     }
     /// Content version: a hash of the document text.
     pub fn version(&self) -> &str {
@@ -118,6 +187,9 @@ impl Policy {
         &self.routing_header
     }
     /// Response header that reports the decision, if enabled.
+    pub fn fallback_header(&self) -> Option<&str> {
+        self.fallback_header.as_deref()
+    }
     pub fn decision_header(&self) -> Option<&str> {
         self.decision_header.as_deref()
     }
@@ -163,6 +235,7 @@ impl Policy {
                         Action::Deny { .. } => "deny",
                         Action::Prefer(_) => "prefer",
                         Action::OrderBy { .. } => "order_by",
+                        Action::Split { .. } => "split",
                     }
                     .to_string(),
                 })

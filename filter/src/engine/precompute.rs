@@ -11,7 +11,7 @@ use super::budget;
 use super::decide::Inventory;
 use super::error::{PolicyError, PolicyErrors};
 use super::live::Reads;
-use super::policy::{Action, Policy};
+use super::policy::Policy;
 
 impl Policy {
     /// Evaluates, for every cluster, each `require` and `order_by` that reads
@@ -24,7 +24,7 @@ impl Policy {
         let clusters = self.clusters.len() as u64;
         let mut estimated: u64 = 0;
         for (r, rule) in self.rules.iter().enumerate() {
-            if let Action::Require(e) | Action::OrderBy { key: e, .. } = &rule.action {
+            if let Some(e) = rule.action.per_cluster() {
                 if e.reads == Reads::Inventory {
                     estimated = estimated.saturating_add(e.cost.saturating_mul(clusters));
                     if estimated > budget {
@@ -50,9 +50,8 @@ impl Policy {
             context.set_variable_resolver(&inventory);
             budget::start(budget);
             for (r, rule) in self.rules.iter().enumerate() {
-                let expression = match &rule.action {
-                    Action::Require(e) | Action::OrderBy { key: e, .. } => e,
-                    Action::Deny { .. } | Action::Prefer(_) => continue,
+                let Some(expression) = rule.action.per_cluster() else {
+                    continue;
                 };
                 if expression.reads != Reads::Inventory {
                     continue;
@@ -76,7 +75,7 @@ impl Policy {
             }
         }
         for (r, per_cluster) in results {
-            if let Action::Require(e) | Action::OrderBy { key: e, .. } = &mut self.rules[r].action {
+            if let Some(e) = self.rules[r].action.per_cluster_mut() {
                 e.per_cluster = Some(per_cluster);
             }
         }

@@ -38,12 +38,19 @@ impl Router {
     }
 
     /// Replaces the live snapshot; decisions from here on see it, and none
-    /// is served from a cache entry decided under an earlier one.
+    /// is served from a cache entry decided under an earlier one. A
+    /// snapshot that agrees with the current one on every value the policy
+    /// reads changes nothing, so the cache keeps its entries.
     pub fn set_live(&self, snapshot: &LiveSnapshot) {
         if !self.policy.reads_live {
             return;
         }
         if let Ok(mut live) = self.live.lock() {
+            if let Some(current) = live.as_ref() {
+                if current.read == LiveView::read(&self.policy, snapshot) {
+                    return;
+                }
+            }
             let epoch = live.as_ref().map_or(1, |view| view.epoch + 1);
             *live = Some(Arc::new(LiveView::new(&self.policy, snapshot, epoch)));
         }

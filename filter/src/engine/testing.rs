@@ -220,4 +220,102 @@ default: eu-a
             }
         }
     }
+
+    /// The live-signal parsers and the shared record: a feed document, an
+    /// ORCA header, a shared-data record merged with observations, or
+    /// Prometheus metrics, the first byte choosing which.
+    pub fn signals(data: &[u8]) {
+        use crate::signals::{
+            parse_feed, parse_metrics, parse_orca, snapshot, ClusterState, Completion, Pending,
+            Signal,
+        };
+        let Some((&kind, rest)) = data.split_first() else {
+            return;
+        };
+        match kind % 4 {
+            3 => {
+                let wanted = crate::engine::default_scrape_metrics();
+                for (field, value) in parse_metrics(&String::from_utf8_lossy(rest), &wanted) {
+                    assert!(wanted.iter().any(|(f, _)| *f == field));
+                    assert!(matches!(value, Signal::Number(n) if n.is_finite()));
+                }
+            }
+            0 => {
+                if let Ok(values) = parse_feed(rest) {
+                    for (_, field, value) in values {
+                        assert!(crate::engine::is_field_name(&field), "{field}");
+                        assert!(!crate::signals::feed::OBSERVED.contains(&field.as_str()));
+                        if let Signal::Number(n) = value {
+                            assert!(n.is_finite());
+                        }
+                    }
+                }
+            }
+            1 => {
+                for (field, value) in parse_orca(&String::from_utf8_lossy(rest)) {
+                    assert!(crate::engine::is_field_name(&field), "{field}");
+                    assert!(matches!(value, Signal::Number(n) if n.is_finite()));
+                }
+            }
+            _ => {
+                // A record as another worker (or anything) left it, then this
+                // worker's observations, derived from the same bytes.
+                let mut state = ClusterState::from_bytes(Some(rest));
+                let mut pending = Pending::default();
+                for (i, byte) in rest.iter().take(64).enumerate() {
+                    let at = u64::from(*byte) * 97 + i as u64;
+                    match byte % 4 {
+                        0 => pending.started("c"),
+                        1 => pending.finished(
+                            "c",
+                            Completion {
+                                failed: byte % 8 == 1,
+                                latency_ms: Some(f64::from(*byte)),
+                                at,
+                            },
+                        ),
+                        2 => pending.abandoned("c"),
+                        _ => {
+                            pending.report("c", "queue_depth", Signal::Number(f64::from(*byte)), at)
+                        }
+                    }
+                }
+                for (_, p) in pending.take() {
+                    state.merge(&p, 10_000);
+                }
+                assert!(state.in_flight >= 0);
+                let options = crate::engine::LiveOptions::default();
+                let now = u64::from(rest.first().copied().unwrap_or(0)) * 1000;
+                let live = snapshot([("c", &state)], &options, now);
+                assert!(live.clusters["c"].contains_key("healthy"));
+                // The record survives its trip through shared data (JSON
+                // floats to within rounding).
+                let back = ClusterState::from_bytes(Some(&state.to_bytes()));
+                let close = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                    (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * a.abs().max(1.0),
+                    (a, b) => a.is_none() && b.is_none(),
+                };
+                assert!(close(
+                    back.latency_ms.map(|t| t.value),
+                    state.latency_ms.map(|t| t.value)
+                ));
+                assert!(close(
+                    back.error_rate.map(|t| t.value),
+                    state.error_rate.map(|t| t.value)
+                ));
+                assert_eq!(
+                    (
+                        back.consecutive_failures,
+                        back.in_flight,
+                        back.reported.len()
+                    ),
+                    (
+                        state.consecutive_failures,
+                        state.in_flight,
+                        state.reported.len()
+                    )
+                );
+            }
+        }
+    }
 }

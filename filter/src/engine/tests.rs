@@ -461,7 +461,7 @@ rules:
 fn rejects_malformed_rules_and_options() {
     let e = errors_of("clusters: {a: {}}\nrules:\n  - {name: two, prefer: [a], require: 'true'}\n");
     assert!(
-        e.contains("exactly one of require, deny, prefer, order_by (this one has 2)"),
+        e.contains("exactly one of require, deny, prefer, order_by, split (this one has 2)"),
         "{e}"
     );
     let e = errors_of("clusters: {a: {}}\nrules:\n  - {name: default, prefer: [a]}\n");

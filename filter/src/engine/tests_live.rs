@@ -17,7 +17,7 @@ fn live_fields() -> LiveFields {
 
 fn load_live(text: &str) -> Result<Policy, PolicyErrors> {
     let document = PolicyDocument::parse(text)?;
-    Policy::compile_with_live(document, "test", live_fields())
+    Policy::compile_with_live(document, "test", Some(live_fields()))
 }
 
 fn router(text: &str) -> Router {
@@ -187,7 +187,11 @@ fn what_an_expression_reads() {
     // Without live fields nothing reads live state, and `clusters[...]` is
     // inventory again.
     let text = "clusters:\n  aws: {region: eu}\nrules:\n  - name: r\n    require: \"clusters['aws'].region == cluster.region\"\n";
-    let policy = match Policy::load(text) {
+    let document = match PolicyDocument::parse(text) {
+        Ok(d) => d,
+        Err(e) => panic!("{e}"),
+    };
+    let policy = match Policy::compile_with_live(document, "test", Some(LiveFields::none())) {
         Ok(p) => p,
         Err(e) => panic!("{e}"),
     };
@@ -216,17 +220,50 @@ fn live_fields_are_checked_at_load() {
         reserved.contains("clusters.aws.live: 'live' holds the cluster's live state"),
         "{reserved}"
     );
-    // This build has no live source: `cluster.live` is unknown to policies.
-    let none = match Policy::load(
-        "clusters:\n  aws: {}\nrules:\n  - name: r\n    require: cluster.live.healthy\n",
-    ) {
-        Ok(_) => panic!("cluster.live without live fields should be rejected"),
+    // A policy reads the built-in fields and the named values it declares.
+    let declared = "clusters:\n  aws: {}\nrules:\n  - name: r\n    require: cluster.live.healthy && cluster.live.carbon < 300.0\nlive:\n  fields: [carbon]\n";
+    match Policy::load(declared) {
+        Ok(policy) => assert!(policy.reads_live()),
+        Err(e) => panic!("{e}"),
+    }
+    let undeclared = match Policy::load(&declared.replace("  fields: [carbon]\n", "  fields: []\n"))
+    {
+        Ok(_) => panic!("an undeclared named value should be rejected"),
         Err(e) => e.to_string(),
     };
     assert!(
-        none.contains("no cluster in the inventory has the attribute 'cluster.live'"),
-        "{none}"
+        undeclared.contains("unknown live field 'cluster.live.carbon'"),
+        "{undeclared}"
     );
+    for (bad, says) in [
+        ("live: {fields: [healthy]}", "is a built-in live field"),
+        ("live: {fields: [Bad-Name]}", "is not a field name"),
+        ("live: {stale_after: 5 s}", "is not a duration"),
+        ("live: {stale_after: 10ms}", "is not from 100 ms"),
+        (
+            "live: {breaker: {consecutive_failures: 0}}",
+            "is not from 1 to 1000",
+        ),
+        (
+            "live: {feed: {cluster: aws}}",
+            "must name the Envoy cluster that serves the feed",
+        ),
+        (
+            "live: {feed: {cluster: signals, path: x}}",
+            "is not a request path",
+        ),
+        (
+            "live: {feed: {cluster: signals, every: 1h}}",
+            "is not a duration",
+        ),
+    ] {
+        let text = format!("clusters:\n  aws: {{}}\n{bad}\n");
+        let message = match Policy::load(&text) {
+            Ok(_) => panic!("{bad} should be rejected"),
+            Err(e) => e.to_string(),
+        };
+        assert!(message.contains(says), "{bad}: {message}");
+    }
 }
 
 #[test]
@@ -236,4 +273,28 @@ fn a_policy_without_live_reads_ignores_snapshots() {
     assert_eq!(router.live_epoch(), 0);
     assert_eq!(outcome(&router, &[]), ("gcp".into(), Served::Missed));
     assert_eq!(outcome(&router, &[]), ("gcp".into(), Served::FromCache));
+}
+
+#[test]
+fn a_snapshot_that_changes_nothing_the_policy_reads_keeps_the_cache() {
+    let cached = router(HEALTHY_IN_EU);
+    cached.set_live(&health(true, true));
+    let epoch = cached.live_epoch();
+    assert_eq!(outcome(&cached, &[]), ("aws".into(), Served::Missed));
+    // The same values, and a change in a field the policy does not read.
+    cached.set_live(&health(true, true));
+    cached.set_live(&health(true, true).set("aws", "latency_ms", Value::Float(900.0)));
+    assert_eq!(cached.live_epoch(), epoch);
+    assert_eq!(outcome(&cached, &[]), ("aws".into(), Served::FromCache));
+    // A change in what it reads is a new epoch.
+    cached.set_live(&health(false, true));
+    assert_eq!(cached.live_epoch(), epoch + 1);
+    assert_eq!(outcome(&cached, &[]), ("gcp".into(), Served::Missed));
+    // A policy that reads the whole live map sees every field change.
+    let whole =
+        router("clusters:\n  aws: {}\nrules:\n  - name: r\n    require: size(cluster.live) >= 0\n");
+    whole.set_live(&health(true, true));
+    let before = whole.live_epoch();
+    whole.set_live(&health(true, true).set("aws", "latency_ms", Value::Float(1.0)));
+    assert_eq!(whole.live_epoch(), before + 1);
 }

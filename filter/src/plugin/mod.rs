@@ -8,6 +8,7 @@
 
 mod host;
 mod http;
+mod live;
 mod metrics;
 mod report;
 mod root;
@@ -28,6 +29,47 @@ pub(super) struct Loaded {
     pub(super) router: Router,
     /// The host takes decision reports (policy-host does; Envoy does not).
     pub(super) reporting: bool,
+    /// What each routed request is observed for: only what the policy reads.
+    pub(super) observe: Observe,
+}
+
+/// Per-request observation a policy pays for, by the live fields it reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Observe {
+    /// How requests end (for the breaker, error rate, requests in flight).
+    pub(super) outcomes: bool,
+    /// The time to response headers (`latency_ms`).
+    pub(super) latency: bool,
+    /// Upstreams' ORCA load reports.
+    pub(super) reports: bool,
+}
+
+impl Observe {
+    pub(super) fn of(policy: &crate::engine::Policy) -> Observe {
+        let reads = |field: &str| policy.reads_live_field(field);
+        let latency = reads("latency_ms");
+        let outcomes = latency
+            || [
+                "healthy",
+                "breaker",
+                "consecutive_failures",
+                "error_rate",
+                "in_flight",
+            ]
+            .iter()
+            .any(|f| reads(f));
+        // Any field an upstream may report: the built-in ones ORCA carries,
+        // and named values (`named_metrics.<name>`).
+        let reports = policy
+            .live_field_names()
+            .filter(|f| !crate::signals::feed::OBSERVED.contains(f) && *f != "price_per_1k_tokens")
+            .any(reads);
+        Observe {
+            outcomes: outcomes || reports,
+            latency,
+            reports,
+        }
+    }
 }
 
 pub(super) fn log(threshold: LogLevel, level: LogLevel, message: &str) {

@@ -7,6 +7,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
 use super::http::Request;
+use super::live::{now_ms, Live};
 use super::metrics::{Metrics, METRICS_FLUSH_PERIOD};
 use super::report::report;
 use super::{log, Loaded};
@@ -16,6 +17,8 @@ use crate::engine::{LogLevel, Policy, Router};
 pub(super) struct Root {
     pub(super) loaded: Option<Rc<Loaded>>,
     pub(super) metrics: Option<Rc<std::cell::RefCell<Metrics>>>,
+    /// Live observations and the feed poll; kept across policy reloads.
+    pub(super) live: Rc<std::cell::RefCell<Live>>,
 }
 
 impl Root {
@@ -27,6 +30,21 @@ impl Root {
 }
 
 impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        if let Some(loaded) = &self.loaded {
+            let now = now_ms(self.get_current_time());
+            self.live
+                .borrow_mut()
+                .answered(token, body_size, &loaded.router, now);
+        }
+    }
+
     fn on_done(&mut self) -> bool {
         if let Some(metrics) = &self.metrics {
             metrics.borrow_mut().flush();
@@ -40,6 +58,13 @@ impl RootContext for Root {
         if let Some(metrics) = &self.metrics {
             metrics.borrow_mut().flush();
         }
+        let Some(loaded) = &self.loaded else { return };
+        let router = &loaded.router;
+        if !router.policy().reads_live() {
+            return;
+        }
+        let now = now_ms(self.get_current_time());
+        self.live.borrow_mut().tick(router, now);
     }
 
     fn on_configure(&mut self, _configuration_size: usize) -> bool {
@@ -92,9 +117,18 @@ impl RootContext for Root {
                     "policy",
                     serde_json::to_value(policy.description()).unwrap_or_default(),
                 );
+                let router = Router::new(policy);
+                if router.policy().reads_live() {
+                    // The shared state outlives the old policy: start from it.
+                    let now = now_ms(self.get_current_time());
+                    self.live.borrow_mut().now = now;
+                    Live::refresh(&router, now);
+                }
+                let observe = super::Observe::of(router.policy());
                 self.loaded = Some(Rc::new(Loaded {
-                    router: Router::new(policy),
+                    router,
                     reporting,
+                    observe,
                 }));
                 true
             }
@@ -118,10 +152,17 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let live = self
+            .loaded
+            .as_ref()
+            .filter(|l| l.observe.outcomes)
+            .map(|_| self.live.clone());
         Some(Box::new(Request {
             loaded: self.loaded.clone(),
             metrics: self.metrics.clone(),
             decision: None,
+            live,
+            routed: None,
         }))
     }
 

@@ -98,7 +98,11 @@ fn subjects() -> Vec<Subject> {
     for rules in [5, 20, 100] {
         out.push(Subject {
             name: format!("celroute, {rules} rules"),
-            filter: Filter::Celroute { rules, cache: true },
+            filter: Filter::Celroute {
+                rules,
+                cache: true,
+                live: false,
+            },
         });
     }
     out.push(Subject {
@@ -106,6 +110,15 @@ fn subjects() -> Vec<Subject> {
         filter: Filter::Celroute {
             rules: 20,
             cache: false,
+            live: false,
+        },
+    });
+    out.push(Subject {
+        name: "celroute, 20 rules, live state".into(),
+        filter: Filter::Celroute {
+            rules: 20,
+            cache: true,
+            live: true,
         },
     });
     out

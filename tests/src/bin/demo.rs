@@ -1,14 +1,18 @@
 //! The local multi-cloud demo: four simulated clouds, Envoy with
 //! `envoy/envoy.yaml` (celroute and the EU-residency + cost policy), a few
-//! requests that show which cloud served each, then left running for curl.
+//! requests that show which cloud served each; then a second Envoy with
+//! `envoy/envoy-live.yaml` (live signals, the failover policy) under load
+//! while a cloud is stopped and started again; then left running for curl.
 //!
 //! `demo --once` exits after the requests (used by the test command).
 
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use celroute_tests::envoy::{Config, Envoy};
 use celroute_tests::http::chat;
+use celroute_tests::load;
 
 fn main() -> Result<()> {
     let once = match std::env::args().nth(1).as_deref() {
@@ -43,6 +47,19 @@ fn main() -> Result<()> {
     );
 
     show_requests(envoy.listener)?;
+
+    let live = Envoy::start(&Config::read("envoy-live.yaml")?)
+        .context("starting Envoy with envoy/envoy-live.yaml (are ports 10001 and 9902 free?)")?;
+    println!(
+        "\nLive failover: envoy http://{} (envoy/envoy-live.yaml, policy policies/failover.yaml), EU users, 4 connections",
+        live.listener
+    );
+    let azure = bound
+        .iter()
+        .find(|c| c.name == "azure-westeurope")
+        .map(|c| c.control.clone())
+        .context("no azure-westeurope cloud")?;
+    show_failover(live.listener, &azure)?;
     if once {
         return Ok(());
     }
@@ -53,6 +70,46 @@ fn main() -> Result<()> {
         envoy.log.display()
     );
     runtime.block_on(tokio::signal::ctrl_c())?;
+    Ok(())
+}
+
+/// Load while the primary cloud is stopped, then started again: who served
+/// each phase, and how many requests failed.
+fn show_failover(
+    listener: std::net::SocketAddr,
+    primary: &celroute_tests::clouds::Control,
+) -> Result<()> {
+    let eu = [("x-user-region", "eu"), ("x-tenant", "acme")];
+    let phase = |label: &str, seconds: f64| {
+        let samples = load::run(
+            listener,
+            4,
+            Duration::from_secs_f64(seconds),
+            Duration::from_millis(5),
+            &eu,
+        );
+        let mut served: BTreeMap<String, usize> = BTreeMap::new();
+        for s in &samples {
+            *served
+                .entry(s.cloud.clone().unwrap_or_else(|| "failed".into()))
+                .or_default() += 1;
+        }
+        let shares: Vec<String> = served
+            .iter()
+            .map(|(cloud, n)| format!("{cloud} {:.0}%", 100.0 * *n as f64 / samples.len() as f64))
+            .collect();
+        println!(
+            "{label:<44} {:>5} requests: {}",
+            samples.len(),
+            shares.join(", ")
+        );
+    };
+    phase("all clouds up", 1.0);
+    primary.set_down(true);
+    phase("azure-westeurope stopped", 1.5);
+    primary.set_down(false);
+    phase("azure-westeurope back, breaker cooling down", 4.0);
+    phase("after the cool-down (5 s), a probe closed it", 1.5);
     Ok(())
 }
 

@@ -69,13 +69,14 @@ pub(super) fn compile_expression(
     merge(needs, analysis.needs);
     let fast = match field {
         Field::When => super::super::fast::Fast::recognise(program.expression()),
-        Field::Require | Field::OrderBy => None,
+        Field::Require | Field::OrderBy | Field::Split | Field::StickyBy => None,
     };
     Ok(Expression {
         executable: super::super::budget::instrument(program.expression()),
         cost,
         reads,
         reads_live: analysis.reads_live,
+        live_names: analysis.live_names,
         per_cluster: None,
         fast,
     })

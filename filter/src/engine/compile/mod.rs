@@ -13,6 +13,7 @@
 //!   can be known at load are computed by `../precompute.rs`.
 
 mod expression;
+pub mod live;
 mod options;
 mod rules;
 
@@ -24,7 +25,7 @@ use super::error::PolicyErrors;
 use super::inventory::{clusters_map, compile_clusters, cost_inventory, to_val};
 use super::limits::{self, Limits};
 use super::live::LiveFields;
-use super::policy::{content_version, Action, Cluster, Policy};
+use super::policy::{content_version, Cluster, Policy};
 use expression::Scope;
 use options::Options;
 use rules::{cluster_index, RuleCompiler};
@@ -37,17 +38,19 @@ impl Policy {
         Policy::compile(document, &content_version(text))
     }
 
-    /// Validates and compiles a parsed document; `version` identifies its content.
+    /// Validates and compiles a parsed document; `version` identifies its
+    /// content. The live fields it may read are the built-in ones and those
+    /// its `live.fields` declares.
     pub fn compile(document: PolicyDocument, version: &str) -> Result<Policy, PolicyErrors> {
-        Policy::compile_with_live(document, version, LiveFields::none())
+        Policy::compile_with_live(document, version, None)
     }
 
-    /// The same, for a build whose live sources provide `live_fields`
-    /// (readable as `cluster.live.<field>`).
+    /// The same, with `live_fields` (readable as `cluster.live.<field>`) in
+    /// place of the document's catalog when given.
     pub fn compile_with_live(
         document: PolicyDocument,
         version: &str,
-        live_fields: LiveFields,
+        live_fields: Option<LiveFields>,
     ) -> Result<Policy, PolicyErrors> {
         let (limits, mut errors) = Limits::from_document(document.options.limits.as_ref());
         limits::check_counts(&document, &limits, &mut errors);
@@ -60,6 +63,8 @@ impl Policy {
         let (clusters, cluster_fields) = compile_clusters(&document, &mut errors);
         let inventory = cost_inventory(&clusters);
         let names: Vec<String> = clusters.iter().map(|(n, _)| n.clone()).collect();
+        let (live_options, catalog) = live::compile(document.live.as_ref(), &names, &mut errors);
+        let live_fields = live_fields.unwrap_or(catalog);
 
         let scope = Scope {
             env: &env,
@@ -83,13 +88,22 @@ impl Policy {
             return Err(PolicyErrors(errors));
         }
 
-        let reads_live = rules.iter().any(|r| {
-            let action = match &r.action {
-                Action::Require(e) | Action::OrderBy { key: e, .. } => Some(e),
-                Action::Deny { .. } | Action::Prefer(_) => None,
+        let expressions = || {
+            rules
+                .iter()
+                .flat_map(|r| r.when.iter().chain(r.action.expressions()))
+        };
+        let reads_live = expressions().any(|e| e.reads_live);
+        let mut live_read = Some(std::collections::BTreeSet::new());
+        for e in expressions().filter(|e| e.reads_live) {
+            live_read = match (live_read, &e.live_names) {
+                (Some(mut all), Some(names)) => {
+                    all.extend(names.iter().cloned());
+                    Some(all)
+                }
+                _ => None,
             };
-            r.when.iter().chain(action).any(|e| e.reads_live)
-        });
+        }
         let (needs, programs) = (compiler.needs, compiler.programs);
         let mut policy = Policy {
             name: document.name,
@@ -113,9 +127,12 @@ impl Policy {
             },
             needs,
             live_fields,
+            live_options,
             reads_live,
+            live_read,
             routing_header: options.routing_header,
             decision_header: options.decision_header,
+            fallback_header: options.fallback_header,
             log_level: options.log_level,
             no_candidate_status: options.no_candidate_status,
             version: version.to_string(),

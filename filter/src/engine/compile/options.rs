@@ -11,6 +11,7 @@ use super::super::policy::{
 pub(super) struct Options {
     pub(super) routing_header: String,
     pub(super) decision_header: Option<String>,
+    pub(super) fallback_header: Option<String>,
     pub(super) log_level: LogLevel,
     pub(super) no_candidate_status: u16,
     pub(super) cache_size: usize,
@@ -26,6 +27,17 @@ impl Options {
         check_header_name("options.routing_header", &routing_header, errors);
         if let Some(name) = &document.decision_header {
             check_header_name("options.decision_header", name, errors);
+        }
+        if let Some(name) = &document.fallback_header {
+            check_header_name("options.fallback_header", name, errors);
+            if *name == routing_header {
+                errors.push(PolicyError::new(
+                    "options.fallback_header",
+                    format!(
+                        "'{name}' is the routing header; the fallback needs a header of its own"
+                    ),
+                ));
+            }
         }
         let no_candidate_status = document
             .no_candidate_status
@@ -50,6 +62,7 @@ impl Options {
         Options {
             routing_header,
             decision_header: document.decision_header.clone(),
+            fallback_header: document.fallback_header.clone(),
             log_level: log_level(document.log_level.as_deref(), errors),
             no_candidate_status,
             cache_size,

@@ -10,6 +10,10 @@ use super::super::error::{did_you_mean, PolicyError};
 use super::super::policy::{Action, Expression, Rule, RESERVED_RULE_NAMES};
 use super::expression::{compile_expression, Scope};
 
+/// A split without `sticky_by` hashes the request's id: each request on
+/// its own, in proportion to the weights.
+const DEFAULT_STICKY_BY: &str = "request.id";
+
 /// Compiles rules one after the other, collecting what they read.
 pub(super) struct RuleCompiler<'a> {
     pub(super) scope: Scope<'a>,
@@ -90,19 +94,23 @@ impl<'a> RuleCompiler<'a> {
             rule.deny.is_some(),
             rule.prefer.is_some(),
             rule.order_by.is_some(),
+            rule.split.is_some(),
         ];
         let count = actions.iter().filter(|set| **set).count();
         if count != 1 {
             errors.push(PolicyError::new(
                 at,
                 format!(
-                    "a rule has exactly one of require, deny, prefer, order_by (this one has {count})"
+                    "a rule has exactly one of require, deny, prefer, order_by, split (this one has {count})"
                 ),
             ));
             return None;
         }
         if rule.descending.is_some() && rule.order_by.is_none() {
             errors.push(PolicyError::new(at, "descending only goes with order_by"));
+        }
+        if rule.sticky_by.is_some() && rule.split.is_none() {
+            errors.push(PolicyError::new(at, "sticky_by only goes with split"));
         }
         if let Some(source) = &rule.require {
             self.expression(at, Field::Require, source, errors)
@@ -113,6 +121,14 @@ impl<'a> RuleCompiler<'a> {
                     key,
                     descending: rule.descending.unwrap_or(false),
                 })
+        } else if let Some(source) = &rule.split {
+            let weight = self.expression(at, Field::Split, source, errors);
+            let key = rule.sticky_by.as_deref().unwrap_or(DEFAULT_STICKY_BY);
+            let sticky_by = self.expression(at, Field::StickyBy, key, errors);
+            Some(Action::Split {
+                weight: weight?,
+                sticky_by: Box::new(sticky_by?),
+            })
         } else if let Some(deny) = &rule.deny {
             if !(200..=599).contains(&deny.status) {
                 errors.push(PolicyError::new(

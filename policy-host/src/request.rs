@@ -32,8 +32,50 @@ pub struct RequestSpec {
     /// The client's TLS identity; absent for plaintext.
     #[serde(default)]
     pub mtls: Option<MtlsSpec>,
+    /// The request body: text as given, or a mapping or list sent as JSON
+    /// (with `content-type: application/json` unless the headers name one).
     #[serde(default)]
-    pub body: Option<String>,
+    pub body: Option<BodySpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum BodySpec {
+    Text(String),
+    Json(serde_json::Value),
+}
+
+impl RequestSpec {
+    /// The request's headers as sent: those given, and `content-type` for
+    /// a JSON body when they name none.
+    pub fn header_pairs(&self) -> Vec<(String, String)> {
+        let mut pairs = self.headers.pairs();
+        let content_type = self.body.as_ref().and_then(BodySpec::content_type);
+        if let Some(content_type) = content_type {
+            if !pairs
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            {
+                pairs.push(("content-type".into(), content_type.into()));
+            }
+        }
+        pairs
+    }
+}
+
+impl BodySpec {
+    /// The bytes sent.
+    pub fn text(&self) -> String {
+        match self {
+            BodySpec::Text(text) => text.clone(),
+            BodySpec::Json(value) => value.to_string(),
+        }
+    }
+
+    /// The content type a request with this body gets when its headers name none.
+    pub fn content_type(&self) -> Option<&'static str> {
+        matches!(self, BodySpec::Json(_)).then_some("application/json")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -70,6 +70,19 @@ pub struct UpstreamSpec {
     /// `endpoint-load-metrics` header value (ORCA), e.g. `TEXT named_metrics.num_requests_waiting=40`.
     #[serde(default)]
     pub load_report: Option<String>,
+    /// The JSON body (a string is sent as it is); `{}` when absent. A body
+    /// with `usage` is what a budget is charged by.
+    #[serde(default)]
+    pub body: serde_json::Value,
+}
+
+/// A scripted body as sent: a string as it is, other JSON as JSON, `{}` for none.
+fn body_text(body: &serde_json::Value) -> String {
+    match body {
+        serde_json::Value::Null => "{}".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,7 +139,7 @@ pub fn apply(policy: &mut LoadedPolicy<'_>, step: &Step) -> Result<()> {
     }
     if let Some(upstreams) = &step.upstreams {
         for (cluster, spec) in upstreams {
-            let mut response = Response::json(spec.status, "{}");
+            let mut response = Response::json(spec.status, &body_text(&spec.body));
             if let Some(report) = &spec.load_report {
                 response
                     .headers
@@ -139,13 +152,10 @@ pub fn apply(policy: &mut LoadedPolicy<'_>, step: &Step) -> Result<()> {
         }
     }
     if let Some(reply) = &step.callout {
-        let body = match &reply.body {
-            serde_json::Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        environment
-            .upstreams
-            .reply_to_callout(&reply.upstream, Response::json(reply.status, &body));
+        environment.upstreams.reply_to_callout(
+            &reply.upstream,
+            Response::json(reply.status, &body_text(&reply.body)),
+        );
     }
     if let Some(text) = &step.advance {
         let total = parse_duration(text)

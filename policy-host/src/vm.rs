@@ -335,8 +335,6 @@ impl Vm {
         }
     }
 
-    /// Runs one request through the filter, as Envoy would for a request that
-    /// reaches an upstream answering `200` (or the filter's local reply).
     /// Runs one request through the filter as Envoy would: request
     /// headers (then scripted callout replies), body, the upstream's answer
     /// (scripted per cluster, else `200 {}`) or the filter's local reply,
@@ -364,20 +362,28 @@ impl Vm {
             CALLBACK_FUEL,
         )?;
         self.deliver_callouts()?;
+        let mut paused = action == Some(1) && !self.store.data().exchange.resumed;
+        let mut body_delivered = false;
+        if paused && has_body && self.store.data().exchange.local_response.is_none() {
+            // Envoy goes on delivering the body to a filter that stopped
+            // its headers (and buffers it); the filter may continue from there.
+            let action = self.call("proxy_on_request_body", &[ctx, body_len, 1], CALLBACK_FUEL)?;
+            self.deliver_callouts()?;
+            body_delivered = true;
+            paused = action == Some(1) && !self.store.data().exchange.resumed;
+        }
         let upstream_headers = self.store.data().exchange.request_headers.clone();
-        let mut paused = false;
         let mut upstream_cluster = None;
         let local = self.store.data().exchange.local_response.clone();
         if let Some(reply) = &local {
+            paused = false;
             let mut response: HeaderMap =
                 vec![(":status".into(), reply.status.to_string().into_bytes())];
             response.extend(reply.headers.iter().cloned());
             self.store.data_mut().exchange.response_code = u16::try_from(reply.status).ok();
             self.respond(ctx, response, reply.body.clone())?;
-        } else if action == Some(1) && !self.store.data().exchange.resumed {
-            paused = true;
-        } else {
-            if has_body {
+        } else if !paused {
+            if has_body && !body_delivered {
                 self.call("proxy_on_request_body", &[ctx, body_len, 1], CALLBACK_FUEL)?;
             }
             let upstreams = self.store.data().environment.upstreams.clone();

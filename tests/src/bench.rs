@@ -117,7 +117,7 @@ end
 
 local function deny(handle, rule, message)
   handle:respond({[":status"] = "403", ["content-type"] = "application/json"},
-    string.format('{"error":"denied","status":403,"rule":"%s","message":"%s"}', rule, message))
+    string.format('{"error":{"message":"%s","type":"permission_error","code":"policy_denied","param":null,"status":403,"rule":"%s"}}', message, rule))
 end
 
 local function cheapest(alive)

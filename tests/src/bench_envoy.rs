@@ -39,6 +39,7 @@ fn wasm_filter(name: &str, code: &Path, configuration: &str) -> serde_json::Valu
             "config": {
                 "name": name,
                 "root_id": name,
+                "allow_on_headers_stop_iteration": true,
                 "vm_config": {
                     "vm_id": name,
                     "runtime": "envoy.wasm.runtime.v8",

@@ -1,9 +1,15 @@
 //! Simulated inference clouds: one HTTP server per named cloud on loopback,
 //! each answering with which cloud served the request.
 //!
-//! `POST /v1/chat/completions` gets an OpenAI-style completion whose text and
-//! `x_celroute` field name the cloud; any other request gets a small JSON
-//! description. Every response carries `x-served-by: <cloud>`.
+//! They speak the OpenAI API: `POST /v1/chat/completions` (a completion whose
+//! text and `x_celroute` field name the cloud; with `"stream": true` as
+//! server-sent events, each event split over two writes, `usage` in a last
+//! event when `stream_options.include_usage` is set), `POST /v1/embeddings`
+//! (floats, or base64 as the OpenAI SDKs ask by default) and `GET /v1/models`.
+//! Token counts are deterministic: a prompt token per word of the messages
+//! (or inputs), and `max_tokens` completion tokens (3 by default). Any other
+//! request gets a small JSON description. Every response carries
+//! `x-served-by: <cloud>`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,6 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -53,6 +60,9 @@ pub struct Control {
     /// (with the routing header, unlike its probes) came (ms since the epoch).
     pub refused: AtomicU64,
     pub last_refused_ms: AtomicU64,
+    /// Tokens reported in `usage` (responses and stream events that carry it).
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
 }
 
 impl Control {
@@ -66,6 +76,11 @@ impl Control {
         if let Ok(mut r) = self.load_report.lock() {
             *r = report.map(str::to_string);
         }
+    }
+    fn count_usage(&self, prompt: u64, completion: u64) {
+        self.prompt_tokens.fetch_add(prompt, Ordering::SeqCst);
+        self.completion_tokens
+            .fetch_add(completion, Ordering::SeqCst);
     }
     fn refuse(&self, routed: bool) {
         self.refused.fetch_add(1, Ordering::SeqCst);
@@ -140,10 +155,16 @@ async fn accept_loop(listener: TcpListener, state: Arc<CloudState>) {
     }
 }
 
+type Body = BoxBody<Bytes, std::convert::Infallible>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
 async fn answer(
     state: Arc<CloudState>,
     request: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Outage> {
+) -> Result<Response<Body>, Outage> {
     let control = &state.control;
     if control.down.load(Ordering::SeqCst) {
         control.refuse(request.headers().contains_key(ROUTING_HEADER));
@@ -177,30 +198,76 @@ async fn answer(
             control.queue_depth.load(Ordering::SeqCst),
             control.kv_cache_permille.load(Ordering::SeqCst) as f64 / 1000.0
         );
-        return Ok(Response::new(Full::new(Bytes::from(text))));
+        return Ok(Response::new(full(text)));
     }
-    let answer = if method == "POST" && path == "/v1/chat/completions" {
-        let asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let model = asked["model"]
-            .as_str()
-            .unwrap_or("celroute-sim")
-            .to_string();
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
+    let asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let model = asked["model"]
+        .as_str()
+        .unwrap_or("celroute-sim")
+        .to_string();
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let id = format!("chatcmpl-{cloud}-{n}");
+    let is_chat = method == "POST" && path == "/v1/chat/completions";
+    if is_chat && asked["stream"] == true {
+        return Ok(stream_completion(&state, &asked, id, model, created));
+    }
+    let answer = if is_chat {
+        let prompt = prompt_tokens(&asked);
+        let words = reply_words(cloud, completion_tokens(&asked));
+        control.count_usage(prompt, words.len() as u64);
         serde_json::json!({
-            "id": format!("chatcmpl-{cloud}-{n}"),
+            "id": id,
             "object": "chat.completion",
             "created": created,
             "model": model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": format!("Hello from {cloud}.")},
+                "message": {"role": "assistant", "content": words.join(" ")},
                 "finish_reason": "stop"
             }],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 3, "total_tokens": 3},
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": words.len(),
+                "total_tokens": prompt + words.len() as u64,
+            },
             "x_celroute": {"cloud": cloud, "routing_header": routing_header},
+        })
+    } else if method == "POST" && path == "/v1/embeddings" {
+        let inputs = match &asked["input"] {
+            serde_json::Value::Array(items) => items.len(),
+            _ => 1,
+        };
+        let prompt = prompt_tokens(&asked);
+        control.count_usage(prompt, 0);
+        let base64 = asked["encoding_format"] == "base64";
+        let data: Vec<serde_json::Value> = (0..inputs)
+            .map(|i| {
+                let vector: Vec<f32> = (0..8).map(|d| (i * 8 + d) as f32 / 64.0).collect();
+                let embedding = if base64 {
+                    let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+                    serde_json::json!(base64_encode(&bytes))
+                } else {
+                    serde_json::json!(vector)
+                };
+                serde_json::json!({"object": "embedding", "index": i, "embedding": embedding})
+            })
+            .collect();
+        serde_json::json!({
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+        })
+    } else if method == "GET" && path == "/v1/models" {
+        serde_json::json!({
+            "object": "list",
+            "data": [
+                {"id": "celroute-sim", "object": "model", "created": 0, "owned_by": cloud},
+                {"id": format!("{cloud}-embed"), "object": "model", "created": 0, "owned_by": cloud},
+            ],
         })
     } else {
         serde_json::json!({
@@ -210,22 +277,158 @@ async fn answer(
             "routing_header": routing_header,
         })
     };
-    let mut response = Response::new(Full::new(Bytes::from(answer.to_string())));
+    let mut response = Response::new(full(answer.to_string()));
+    decorate(&mut response, &state, "application/json", wants_report);
+    Ok(response)
+}
+
+/// The headers every answer carries: its type, the cloud, and the load
+/// report when the client asked for one.
+fn decorate(
+    response: &mut Response<Body>,
+    state: &CloudState,
+    content_type: &'static str,
+    wants_report: bool,
+) {
     let headers = response.headers_mut();
     headers.insert(
         "content-type",
-        hyper::header::HeaderValue::from_static("application/json"),
+        hyper::header::HeaderValue::from_static(content_type),
     );
-    if let Ok(value) = hyper::header::HeaderValue::from_str(cloud) {
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&state.name) {
         headers.insert("x-served-by", value);
     }
-    let report = control.load_report.lock().ok().and_then(|r| r.clone());
+    let report = state
+        .control
+        .load_report
+        .lock()
+        .ok()
+        .and_then(|r| r.clone());
     if let Some(report) = report.filter(|_| wants_report) {
         if let Ok(value) = hyper::header::HeaderValue::from_str(&report) {
             headers.insert("endpoint-load-metrics", value);
         }
     }
-    Ok(response)
+}
+
+/// A streamed chat completion: a first event with the role, one per word,
+/// one with the finish reason, the usage when asked for, then `[DONE]`.
+/// Each event goes out in two writes split inside its JSON, so that a
+/// reader sees events cut at arbitrary places.
+fn stream_completion(
+    state: &CloudState,
+    asked: &serde_json::Value,
+    id: String,
+    model: String,
+    created: u64,
+) -> Response<Body> {
+    let cloud = state.name.clone();
+    let prompt = prompt_tokens(asked);
+    let words = reply_words(&cloud, completion_tokens(asked));
+    let include_usage = asked["stream_options"]["include_usage"] == true;
+    let chunk = |delta: serde_json::Value, finish: Option<&str>| {
+        serde_json::json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+    };
+    let mut events = vec![chunk(
+        serde_json::json!({"role": "assistant", "content": ""}),
+        None,
+    )];
+    for (i, word) in words.iter().enumerate() {
+        let text = if i == 0 {
+            word.clone()
+        } else {
+            format!(" {word}")
+        };
+        events.push(chunk(serde_json::json!({"content": text}), None));
+    }
+    events.push(chunk(serde_json::json!({}), Some("stop")));
+    if include_usage {
+        state.control.count_usage(prompt, words.len() as u64);
+        events.push(serde_json::json!({
+            "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": words.len(),
+                "total_tokens": prompt + words.len() as u64,
+            },
+        }));
+    }
+    let mut frames: Vec<String> = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    frames.push("data: [DONE]\n\n".into());
+    let (mut sender, body) = http_body_util::channel::Channel::<Bytes>::new(4);
+    tokio::spawn(async move {
+        for frame in frames {
+            let half = frame.len() / 2;
+            for part in [&frame[..half], &frame[half..]] {
+                if sender
+                    .send_data(Bytes::from(part.to_string()))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    let mut response = Response::new(body.boxed());
+    decorate(&mut response, state, "text/event-stream", false);
+    response
+}
+
+/// A prompt token per whitespace-separated word of the messages' text (or
+/// of the embedding inputs).
+fn prompt_tokens(asked: &serde_json::Value) -> u64 {
+    let words = |v: &serde_json::Value| v.as_str().map_or(0, |s| s.split_whitespace().count());
+    let messages = asked["messages"].as_array().map_or(0, |m| {
+        m.iter().map(|message| words(&message["content"])).sum()
+    });
+    let inputs = match &asked["input"] {
+        serde_json::Value::Array(items) => items.iter().map(words).sum(),
+        other => words(other),
+    };
+    (messages + inputs) as u64
+}
+
+/// `max_tokens` (or `max_completion_tokens`), 3 by default, at most 4,096.
+fn completion_tokens(asked: &serde_json::Value) -> usize {
+    let n = asked["max_tokens"]
+        .as_u64()
+        .or_else(|| asked["max_completion_tokens"].as_u64())
+        .unwrap_or(3);
+    n.clamp(1, 4096) as usize
+}
+
+/// "Hello from <cloud>." and then as many more words as asked for.
+fn reply_words(cloud: &str, n: usize) -> Vec<String> {
+    let first = ["Hello".to_string(), "from".to_string(), format!("{cloud}.")];
+    (0..n)
+        .map(|i| first.get(i).cloned().unwrap_or_else(|| format!("word{i}")))
+        .collect()
+}
+
+/// Standard base64 with padding (how the OpenAI API sends embeddings).
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for group in bytes.chunks(3) {
+        let n = group
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= group.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// A simulated signals feed: serves `GET /v1/signals` with whatever
@@ -332,4 +535,32 @@ pub fn parse_specs(specs: &[String]) -> Result<Vec<(String, SocketAddr)>> {
         out.insert(name.to_string(), SocketAddr::from(([127, 0, 0, 1], port)));
     }
     Ok(out.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_as_rfc_4648() {
+        assert_eq!(base64_encode(b"Man"), "TWFu");
+        assert_eq!(base64_encode(b"Ma"), "TWE=");
+        assert_eq!(base64_encode(b"M"), "TQ==");
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(&[0xff, 0xfe, 0xfd, 0x00]), "//79AA==");
+    }
+
+    #[test]
+    fn tokens_are_counted_by_words() {
+        let asked = serde_json::json!({"messages": [{"content": "a b c"}, {"content": "d"}], "max_tokens": 5});
+        assert_eq!(prompt_tokens(&asked), 4);
+        assert_eq!(
+            reply_words("aws", completion_tokens(&asked)).join(" "),
+            "Hello from aws. word3 word4"
+        );
+        assert_eq!(
+            prompt_tokens(&serde_json::json!({"input": ["a b", "c"]})),
+            3
+        );
+    }
 }

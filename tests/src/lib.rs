@@ -67,6 +67,8 @@ pub fn start_controlled_clouds() -> Result<(
 /// as edited by `edit`. Field order matters: Envoy stops before the clouds.
 pub struct Stack {
     pub envoy: envoy::Envoy,
+    /// The clouds Envoy routes to, with their controls and counters.
+    pub clouds: BTreeMap<String, clouds::Cloud>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -80,11 +82,13 @@ impl Stack {
         config: &str,
         edit: impl FnOnce(envoy::Config) -> Result<envoy::Config>,
     ) -> Result<Stack> {
-        let (runtime, clouds) = start_clouds()?;
-        let config = edit(envoy::Config::shipped(config, &clouds)?)?;
+        let (runtime, clouds, _feed) = start_controlled_clouds()?;
+        let addresses = clouds.iter().map(|(n, c)| (n.clone(), c.address)).collect();
+        let config = edit(envoy::Config::shipped(config, &addresses)?)?;
         let envoy = envoy::Envoy::start(&config)?;
         Ok(Stack {
             envoy,
+            clouds,
             _runtime: runtime,
         })
     }

@@ -75,7 +75,7 @@ fn lua_and_celroute_benchmark_filters_decide_alike() {
         let (status, _, body) = probe(&cel, "/v1/direct/chat", &headers).unwrap();
         if status == 403 {
             denials += 1;
-            assert_eq!(body["error"], "denied", "{body}");
+            assert_eq!(body["error"]["code"], "policy_denied", "{body}");
         }
     }
     assert!(denials >= 3, "tenant-required and blocked tenants deny");

@@ -66,6 +66,7 @@ fn every_shipped_policy_passes_envoy_validate() {
         "weighted-split.yaml",
         "data-gravity.yaml",
         "workload-identity.yaml",
+        "model-routing.yaml",
     ] {
         let config = Config::shipped("envoy.yaml", &BTreeMap::new())
             .and_then(|c| c.with_policy(&read_policy(file)))
@@ -154,8 +155,9 @@ fn residency_cost_task_and_deny_route_real_traffic() {
     assert_eq!(r.status, 403);
     assert_eq!(r.cloud(), None, "a denied request reaches no cloud");
     let body = r.json();
-    assert_eq!(body["rule"], "block-unknown-tenant", "{}", r.body);
-    assert_eq!(body["message"], "tenant header required");
+    assert_eq!(body["error"]["rule"], "block-unknown-tenant", "{}", r.body);
+    assert_eq!(body["error"]["message"], "tenant header required");
+    assert_eq!(body["error"]["type"], "permission_error");
     assert_eq!(r.header("content-type"), Some("application/json"));
 
     // A spoofed routing header is never honoured, and never reaches the cloud.
@@ -370,5 +372,5 @@ fn active_passive_policy_fails_over_by_fixed_preference() {
     let s = stack_with(|c| c.with_policy(&all_down));
     let r = request(s.envoy.listener, "GET", "/", &[]).expect("request");
     assert_eq!(r.status, 503);
-    assert_eq!(r.json()["rule"], "only-available");
+    assert_eq!(r.json()["error"]["rule"], "only-available");
 }

@@ -11,7 +11,7 @@ use celroute_tests::envoy::wasm;
 use celroute_tests::http::{Connection, Reply};
 use celroute_tests::{read_policy, repo_root, Stack};
 use policy_host::policy::LoadedPolicy;
-use policy_host::request::RequestSpec;
+use policy_host::request::{BodySpec, RequestSpec};
 use policy_host::testing::TestFile;
 use policy_host::vm::FilterModule;
 
@@ -27,12 +27,12 @@ struct Observed {
 fn through_envoy(listener: SocketAddr, spec: &RequestSpec) -> (Observed, SocketAddr) {
     let mut connection = Connection::open(listener).expect("connect");
     let source = connection.local_address().expect("local address");
-    let pairs = spec.headers.pairs();
+    let pairs = spec.header_pairs();
     let headers: Vec<(&str, &[u8])> = pairs
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_bytes()))
         .collect();
-    let body = spec.body.clone().unwrap_or_default();
+    let body = spec.body.as_ref().map(BodySpec::text).unwrap_or_default();
     let reply = connection
         .send_to_host(
             spec.host.as_deref().unwrap_or("celroute.test"),

@@ -105,6 +105,8 @@ pub(crate) struct Analysis<'a> {
     known: &'a FunctionCatalog,
     cluster_fields: &'a BTreeSet<String>,
     live_fields: &'a LiveFields,
+    /// The policy's budgets: name and limit.
+    budgets: &'a [(String, f64)],
     field: Field,
     /// The request attributes it reads.
     pub(crate) needs: AttributeNeeds,
@@ -125,12 +127,14 @@ impl<'a> Analysis<'a> {
         known: &'a FunctionCatalog,
         cluster_fields: &'a BTreeSet<String>,
         live_fields: &'a LiveFields,
+        budgets: &'a [(String, f64)],
         field: Field,
     ) -> Analysis<'a> {
         Analysis {
             known,
             cluster_fields,
             live_fields,
+            budgets,
             field,
             needs: AttributeNeeds::default(),
             reads_live: false,
@@ -199,6 +203,71 @@ impl<'a> Analysis<'a> {
         self.problems.push((id, message));
     }
 
+    /// `budget.<name>`, unshadowed: the name.
+    fn budget_name<'e>(&self, e: &'e IdedExpr) -> Option<&'e str> {
+        match &e.expr {
+            Expr::Select(s)
+                if !s.test
+                    && matches!(&s.operand.expr, Expr::Ident(b) if b == BUDGET)
+                    && !self.bound(BUDGET) =>
+            {
+                Some(s.field.as_str())
+            }
+            _ => None,
+        }
+    }
+
+    /// `budget.<name>` (or the whole `budget` when `name` is `None`): a
+    /// declared budget, read per request.
+    fn budget(&mut self, id: u64, name: Option<&str>) {
+        let budgets = self.budgets;
+        match name {
+            None => self.needs.budgets.extend(budgets.iter().cloned()),
+            Some(name) => match budgets.iter().find(|(n, _)| n == name) {
+                Some((n, limit)) => {
+                    self.needs.budgets.insert(n.clone(), *limit);
+                }
+                None => {
+                    let hint = did_you_mean(name, budgets.iter().map(|(n, _)| n.as_str()))
+                        .map(|c| format!(" (did you mean 'budget.{c}'?)"))
+                        .unwrap_or_else(|| {
+                            if budgets.is_empty() {
+                                " (the policy declares no budgets:)".to_string()
+                            } else {
+                                String::new()
+                            }
+                        });
+                    self.problem(id, format!("unknown budget 'budget.{name}'{hint}"));
+                }
+            },
+        }
+    }
+
+    /// `request.body`, unshadowed.
+    fn is_body(&self, e: &IdedExpr) -> bool {
+        matches!(&e.expr, Expr::Select(s) if !s.test && s.field == "body"
+            && matches!(&s.operand.expr, Expr::Ident(r) if r == "request"))
+            && !self.bound("request")
+    }
+
+    /// `request.body.<field>`: one of the fields celroute extracts.
+    fn body_field(&mut self, id: u64, field: &str) {
+        if !super::body::BODY_FIELDS.contains(&field) {
+            let hint = did_you_mean(field, super::body::BODY_FIELDS.iter().copied())
+                .map(|c| format!(" (did you mean 'request.body.{c}'?)"))
+                .unwrap_or_default();
+            self.problem(
+                id,
+                format!(
+                    "unknown body field 'request.body.{field}'{hint}; the body fields are {}",
+                    super::body::BODY_FIELDS.join(", ")
+                ),
+            );
+            return;
+        }
+        self.attribute(id, "request", "body");
+    }
+
     /// `request.headers`, unshadowed.
     fn is_headers(&self, e: &IdedExpr) -> bool {
         super::fast::is_headers(e) && !self.bound("request")
@@ -258,6 +327,32 @@ impl<'a> Analysis<'a> {
         if self.is_cluster_live(&select.operand) {
             return self.live_field(id, &select.field);
         }
+        if self.is_body(&select.operand) {
+            return self.body_field(id, &select.field);
+        }
+        if let Some(name) = self.budget_name(&select.operand) {
+            // budget.<name>.<field>
+            if !super::spending::BUDGET_FIELDS.contains(&select.field.as_str()) {
+                let hint = did_you_mean(
+                    &select.field,
+                    super::spending::BUDGET_FIELDS.iter().copied(),
+                )
+                .map(|c| format!(" (did you mean '{c}'?)"))
+                .unwrap_or_default();
+                self.problem(
+                    id,
+                    format!(
+                        "unknown budget field 'budget.{name}.{}'{hint}; the fields are {}",
+                        select.field,
+                        super::spending::BUDGET_FIELDS.join(", ")
+                    ),
+                );
+            }
+            return self.walk(&select.operand);
+        }
+        if matches!(&select.operand.expr, Expr::Ident(b) if b == BUDGET && !self.bound(b)) {
+            return self.budget(id, Some(&select.field));
+        }
         if let Expr::Ident(root) = &select.operand.expr {
             if !self.bound(root) {
                 if ROOTS.contains(&root.as_str()) {
@@ -286,6 +381,12 @@ impl<'a> Analysis<'a> {
         }
         if name == operators::IN && call.args.len() == 2 && self.is_headers(&call.args[1]) {
             return self.header_lookup(id, &call.args[0]);
+        }
+        if name == operators::OPT_SELECT && call.args.len() == 2 && self.is_body(&call.args[0]) {
+            // request.body.?field
+            if let Expr::Literal(LiteralValue::String(field)) = &call.args[1].expr {
+                return self.body_field(id, field.inner());
+            }
         }
         if name == "matches" {
             // `s.matches(re)` or `matches(s, re)`
@@ -426,7 +527,11 @@ impl<'a> Analysis<'a> {
             self.cluster_available(id);
             return;
         }
-        let variables = ROOTS.iter().copied().chain(["cluster", "clusters"]);
+        if name == BUDGET {
+            // The whole `budget` map (iterated, or indexed by a computed name).
+            return self.budget(id, None);
+        }
+        let variables = ROOTS.iter().copied().chain(["cluster", "clusters", BUDGET]);
         let hint = did_you_mean(name, variables)
             .map(|c| format!(" (did you mean '{c}'?)"))
             .unwrap_or_default();
@@ -462,5 +567,8 @@ impl<'a> Analysis<'a> {
 }
 
 fn is_variable(name: &str) -> bool {
-    ROOTS.contains(&name) || name == "cluster" || name == "clusters"
+    ROOTS.contains(&name) || name == "cluster" || name == "clusters" || name == BUDGET
 }
+
+/// The variable holding the policy's spend budgets.
+const BUDGET: &str = "budget";

@@ -21,6 +21,11 @@ pub trait AttributeHost {
     fn request_headers(&mut self) -> Vec<(String, Vec<u8>)>;
     /// A host property by path, such as `["source", "address"]`.
     fn property(&mut self, path: &[&str]) -> Option<Vec<u8>>;
+    /// What this request's key has spent of the budget `name` in its
+    /// current window (0 when nothing yet).
+    fn budget_spent(&mut self, _name: &str) -> f64 {
+        0.0
+    }
 }
 
 /// How a host property is encoded.
@@ -33,6 +38,9 @@ pub(crate) enum Kind {
     Timestamp,
     /// `request.headers`: read through the header-map calls, not as a property.
     Headers,
+    /// `request.body`: the summary of a JSON body ([`super::body::BodySummary`]),
+    /// which the adapter has only once the body is complete.
+    Body,
 }
 
 /// Every attribute a policy may read: `(root, field, kind)`.
@@ -49,6 +57,7 @@ pub(crate) const CATALOG: &[(&str, &str, Kind)] = &[
     ("request", "protocol", Kind::String),
     ("request", "query", Kind::String),
     ("request", "time", Kind::Timestamp),
+    ("request", "body", Kind::Body),
     ("source", "address", Kind::String),
     ("source", "port", Kind::Int),
     ("destination", "address", Kind::String),
@@ -95,15 +104,23 @@ pub(crate) enum HeaderNeeds {
 }
 
 /// The attributes a compiled policy references: the only ones fetched per request.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct AttributeNeeds {
     /// Indices into [`CATALOG`], sorted, without duplicates.
     pub(crate) attributes: BTreeSet<usize>,
     /// Meaningful when `request.headers` is among `attributes`.
     pub(crate) headers: Option<HeaderNeeds>,
+    /// The budgets read (`budget.<name>`), with their limits.
+    pub(crate) budgets: std::collections::BTreeMap<String, f64>,
 }
 
 impl AttributeNeeds {
+    /// Whether the policy reads `request.body`: the adapter then holds each
+    /// request until its body is complete.
+    pub fn reads_body(&self) -> bool {
+        catalog_index("request", "body").is_some_and(|i| self.attributes.contains(&i))
+    }
+
     pub(crate) fn add(&mut self, index: usize) {
         self.attributes.insert(index);
     }
@@ -169,7 +186,9 @@ impl AttributeNeeds {
     /// Whether decisions may be cached by the values of these attributes:
     /// none is volatile and headers are read by name, not as the whole map.
     pub(crate) fn cacheable(&self) -> bool {
-        !matches!(self.headers, Some(HeaderNeeds::All))
+        // Spend changes with every response.
+        self.budgets.is_empty()
+            && !matches!(self.headers, Some(HeaderNeeds::All))
             && self.attributes.iter().all(|&i| {
                 let (root, field, _) = CATALOG[i];
                 !VOLATILE.contains(&(root, field))
@@ -183,6 +202,8 @@ impl AttributeNeeds {
 /// the decision cache.
 pub(crate) struct Fetched {
     slots: Vec<Option<Vec<u8>>>,
+    /// What was spent of each budget read, in `needs.budgets` order.
+    spent: Vec<f64>,
     /// Every header, when the policy reads the whole map.
     all_headers: Option<Vec<(String, Vec<u8>)>>,
 }
@@ -202,12 +223,24 @@ impl Fetched {
                 _ => slots.push(host.property(&[root, field])),
             }
         }
-        Fetched { slots, all_headers }
+        let spent = needs
+            .budgets
+            .keys()
+            .map(|name| host.budget_spent(name))
+            .collect();
+        Fetched {
+            slots,
+            all_headers,
+            spent,
+        }
     }
 
     /// Appends the cache key to `key`: each slot as a presence byte, then
     /// length and bytes, so that no two different requests share a key.
     pub(crate) fn key(&self, key: &mut Vec<u8>) {
+        for spent in &self.spent {
+            key.extend_from_slice(&spent.to_le_bytes());
+        }
         for slot in &self.slots {
             match slot {
                 None => key.push(0),
@@ -244,8 +277,10 @@ impl Fetched {
                 maps[r].insert(Key::String(Arc::new(field.to_string())), value);
             }
         }
+        let read: Vec<(String, f64)> = needs.budgets.iter().map(|(n, l)| (n.clone(), *l)).collect();
         Attributes {
             roots: maps.map(|m| Value::Map(Map { map: Arc::new(m) })),
+            budget: (!read.is_empty()).then(|| super::spending::budget_value(&read, &self.spent)),
         }
     }
 }
@@ -255,6 +290,8 @@ impl Fetched {
 #[derive(Debug, Clone)]
 pub struct Attributes {
     pub(crate) roots: [Value; 4],
+    /// `budget`, when the policy reads a budget.
+    pub(crate) budget: Option<Value>,
 }
 
 /// The whole header map. A repeated header reads as its first value, as
@@ -285,6 +322,7 @@ fn decode(kind: Kind, raw: Vec<u8>) -> Option<Value> {
         Kind::Int => eight().map(|b| Value::Int(i64::from_le_bytes(b))),
         Kind::UInt => eight().map(|b| Value::UInt(u64::from_le_bytes(b))),
         Kind::Bool => raw.first().map(|b| Value::Bool(*b != 0)),
+        Kind::Body => super::body::BodySummary::decode(&raw),
         Kind::Timestamp => eight().and_then(|b| {
             let nanos = i64::from_le_bytes(b);
             let utc = chrono::DateTime::from_timestamp(

@@ -138,6 +138,9 @@ impl<'a> Run<'a> {
                     context.add_variable_from_value(*root, value.clone());
                 }
             }
+            if let Some(budget) = &self.attributes.budget {
+                context.add_variable_from_value("budget", budget.clone());
+            }
             context
         })
     }

@@ -75,17 +75,41 @@ impl Decision {
         }
     }
 
-    /// JSON body of a denial: `{"error":"denied","status":..,"rule":..,"message":..}`.
+    /// JSON body of a denial, in the OpenAI API's error shape (see [`error_body`]).
     pub fn deny_body(&self) -> String {
         match &self.outcome {
-            Outcome::Deny { status, message } => serde_json::json!({
-                "error": "denied",
-                "status": status,
-                "rule": self.rule,
-                "message": message,
-            })
-            .to_string(),
+            Outcome::Deny { status, message } => {
+                error_body(*status, "policy_denied", message, Some(&self.rule))
+            }
             Outcome::Route { .. } => String::new(),
         }
     }
+}
+
+/// A reply celroute makes itself, in the error shape of the OpenAI API (which
+/// most inference clients and SDKs read):
+/// `{"error":{"message","type","code","param","rule","status"}}`. `type`
+/// follows the status (`rate_limit_error` for 429, so that SDKs raise their
+/// rate-limit exception); `rule` is the deciding rule, when there is one.
+pub fn error_body(status: u16, code: &str, message: &str, rule: Option<&str>) -> String {
+    let kind = match status {
+        400 | 413 | 415 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        403 | 451 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        500..=599 => "server_error",
+        _ => "celroute_error",
+    };
+    let mut error = serde_json::json!({
+        "message": message,
+        "type": kind,
+        "code": code,
+        "param": null,
+        "status": status,
+    });
+    if let (Some(rule), Some(map)) = (rule, error.as_object_mut()) {
+        map.insert("rule".into(), rule.into());
+    }
+    serde_json::json!({ "error": error }).to_string()
 }

@@ -28,6 +28,38 @@ pub struct PolicyDocument {
     /// Live cluster state: staleness, circuit breaker, signals feed.
     #[serde(default)]
     pub live: Option<LiveDocument>,
+    /// Token, cost and egress counting (see `docs/inference.md`).
+    #[serde(default)]
+    pub usage: Option<UsageDocument>,
+    /// Spend budgets per key and window, visible to CEL as `budget.<name>`.
+    #[serde(default)]
+    pub budgets: Vec<BudgetDocument>,
+}
+
+/// One entry of `budgets:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetDocument {
+    pub name: String,
+    /// `tokens`, `cost` or `egress_bytes`.
+    pub unit: String,
+    pub limit: f64,
+    /// `minute`, `hour`, `day` or `month`.
+    pub window: String,
+    #[serde(default)]
+    pub key_header: Option<String>,
+    /// The clusters whose usage counts; all when absent.
+    #[serde(default)]
+    pub clusters: Option<Vec<String>>,
+}
+
+/// `usage:`: count the tokens, cost and bytes of each routed request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageDocument {
+    /// Request header whose value keys a second set of counters (a tenant).
+    #[serde(default)]
+    pub key_header: Option<String>,
 }
 
 /// `live:`: how live cluster state is kept (see `docs/live-signals.md`).
@@ -152,6 +184,10 @@ pub struct OptionsDocument {
     /// Decisions kept in the per-worker LRU decision cache; 0 turns it off.
     #[serde(default)]
     pub decision_cache_size: Option<usize>,
+    /// The largest request body a policy that reads `request.body` waits
+    /// for; a larger one is answered 413.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
     /// Raises or lowers the limits on what the policy may cost.
     #[serde(default)]
     pub limits: Option<LimitsDocument>,

@@ -18,7 +18,8 @@ pub const DEFAULT_NO_CANDIDATE_STATUS: u16 = 451;
 pub const MAX_DECISION_CACHE_SIZE: usize = 100_000;
 
 /// Names the engine uses for decisions no rule made; rules may not take them.
-pub(crate) const RESERVED_RULE_NAMES: [&str; 3] = ["default", "first-candidate", "no-candidate"];
+pub(crate) const RESERVED_RULE_NAMES: [&str; 4] =
+    ["default", "first-candidate", "no-candidate", "request-body"];
 
 /// Log verbosity, set by the policy's `options.log_level`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -59,6 +60,12 @@ pub struct Policy {
     pub(crate) fallback_header: Option<String>,
     pub(crate) log_level: LogLevel,
     pub(crate) no_candidate_status: u16,
+    /// `options.max_body_bytes`.
+    pub(crate) max_body_bytes: u64,
+    /// `usage:`, when the policy counts usage.
+    pub(crate) usage: Option<UsageOptions>,
+    /// `budgets:`.
+    pub(crate) budgets: Vec<super::spending::SpendBudget>,
     pub(crate) version: String,
     pub(crate) programs: usize,
     pub(crate) limits: Limits,
@@ -127,6 +134,13 @@ impl Action {
             other => other.per_cluster().into_iter().collect(),
         }
     }
+}
+
+/// `usage:` after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageOptions {
+    /// Request header whose value keys a second set of usage counters.
+    pub key_header: Option<String>,
 }
 
 /// A compiled CEL expression.
@@ -210,6 +224,43 @@ impl Policy {
     }
     /// Entries of the decision cache; 0 when it is off (by option, or
     /// because the policy reads a per-request attribute or the whole header map).
+    /// The spend budgets the policy declares.
+    pub fn budgets(&self) -> &[super::spending::SpendBudget] {
+        &self.budgets
+    }
+    /// Whether usage is counted: a `usage:` section, or any budget.
+    pub fn counts_usage(&self) -> bool {
+        self.usage.is_some() || !self.budgets.is_empty()
+    }
+    /// How usage is counted, when the policy asks for it (`usage:`).
+    pub fn usage(&self) -> Option<&UsageOptions> {
+        self.usage.as_ref()
+    }
+    /// A numeric inventory attribute of a cluster, such as
+    /// `price_per_1k_tokens` or `egress_per_gb`.
+    pub fn cluster_number(&self, cluster: &str, attribute: &str) -> Option<f64> {
+        let cluster = self.clusters.iter().find(|c| c.name == cluster)?;
+        let Value::Map(map) = &cluster.attributes else {
+            return None;
+        };
+        match map
+            .map
+            .get(&cel::objects::Key::String(Arc::new(attribute.to_string())))?
+        {
+            Value::Float(f) => Some(*f),
+            Value::Int(i) => Some(*i as f64),
+            Value::UInt(u) => Some(*u as f64),
+            _ => None,
+        }
+    }
+    /// Reads `request.body`: each request is held until its body is complete.
+    pub fn reads_body(&self) -> bool {
+        self.needs.reads_body()
+    }
+    /// The largest body a policy that reads the body waits for.
+    pub fn max_body_bytes(&self) -> u64 {
+        self.max_body_bytes
+    }
     pub fn decision_cache_size(&self) -> usize {
         self.cache_size
     }

@@ -15,6 +15,8 @@ pub struct TestHost {
     pub lookups: Vec<String>,
     /// Lookups are not recorded (for benchmarks).
     quiet: bool,
+    /// What the request's key has spent, by budget name.
+    spent: BTreeMap<String, f64>,
 }
 
 impl TestHost {
@@ -42,6 +44,17 @@ impl TestHost {
         self
     }
 
+    /// Sets what the request's key has spent of the budget `name`.
+    pub fn spent(mut self, name: &str, amount: f64) -> TestHost {
+        self.spent.insert(name.to_string(), amount);
+        self
+    }
+
+    /// The request's body, as the adapter gives it once complete.
+    pub fn body(self, body: &crate::engine::BodySummary) -> TestHost {
+        self.property("request.body", &body.encode())
+    }
+
     /// Stops recording lookups, which would otherwise cost a benchmark more than a decision.
     pub fn quiet(mut self) -> TestHost {
         self.quiet = true;
@@ -56,6 +69,10 @@ impl TestHost {
 }
 
 impl AttributeHost for TestHost {
+    fn budget_spent(&mut self, name: &str) -> f64 {
+        self.record(|| format!("budget:{name}"));
+        self.spent.get(name).copied().unwrap_or(0.0)
+    }
     fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
         self.record(|| format!("header:{name}"));
         self.headers
@@ -219,6 +236,40 @@ default: eu-a
                 None
             }
         }
+    }
+
+    /// The inference parsers: a request body as a policy reads it (first
+    /// byte even), or a response body scanned for usage, as JSON or as a
+    /// stream, which must give the same usage wherever it is cut.
+    pub fn inference(data: &[u8]) {
+        use crate::usage::{Framing, UsageScanner};
+        let Some((&kind, rest)) = data.split_first() else {
+            return;
+        };
+        if kind % 2 == 0 {
+            let content_type: &[u8] = if kind % 4 == 0 {
+                b"application/json"
+            } else {
+                b"text/plain"
+            };
+            if let Ok(summary) = crate::engine::BodySummary::read(rest, Some(content_type)) {
+                assert_eq!(summary.size, rest.len() as u64);
+                assert!(crate::engine::BodySummary::decode(&summary.encode()).is_some());
+            }
+            return;
+        }
+        let framing = if kind % 4 == 1 {
+            Framing::Json
+        } else {
+            Framing::EventStream
+        };
+        let mut whole = UsageScanner::new(framing);
+        whole.feed(rest);
+        let at = usize::from(kind) * 7 % (rest.len() + 1);
+        let mut cut = UsageScanner::new(framing);
+        cut.feed(&rest[..at]);
+        cut.feed(&rest[at..]);
+        assert_eq!(whole.usage(), cut.usage(), "cut at {at}");
     }
 
     /// The live-signal parsers and the shared record: a feed document, an

@@ -130,9 +130,12 @@ fn deny_with_status_and_json_body() {
     );
     assert_eq!(d.rule, "block-unknown-tenant");
     let body: serde_json::Value = serde_json::from_str(&d.deny_body()).expect("json body");
-    assert_eq!(body["rule"], "block-unknown-tenant");
-    assert_eq!(body["status"], 403);
-    assert_eq!(body["message"], "tenant header required");
+    let error = &body["error"];
+    assert_eq!(error["rule"], "block-unknown-tenant");
+    assert_eq!(error["status"], 403);
+    assert_eq!(error["message"], "tenant header required");
+    assert_eq!(error["type"], "permission_error");
+    assert_eq!(error["code"], "policy_denied");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MapType;
 
-use crate::engine::AttributeHost;
+use crate::engine::{AttributeHost, SpendBudget};
 
 /// Request attributes from the proxy, counting each host call.
 ///
@@ -12,12 +12,18 @@ use crate::engine::AttributeHost;
 /// attributes Envoy itself derives from pseudo-headers (`request.path`,
 /// `url_path`, `host`, `method`, `scheme`) are read from them the way Envoy
 /// computes them.
-pub(super) struct ProxyHost {
+pub(super) struct ProxyHost<'a> {
     pub(super) fetches: u64,
     pub(super) headers: Option<Vec<(String, Vec<u8>)>>,
+    /// `request.body`, encoded, once the body is complete.
+    pub(super) body: Option<Vec<u8>>,
+    /// The policy's budgets, and the time (seconds since the epoch) whose
+    /// window they are read in.
+    pub(super) budgets: &'a [SpendBudget],
+    pub(super) now_secs: u64,
 }
 
-impl ProxyHost {
+impl ProxyHost<'_> {
     pub(super) fn headers(&mut self) -> &[(String, Vec<u8>)] {
         if self.headers.is_none() {
             self.fetches += 1;
@@ -36,7 +42,16 @@ impl ProxyHost {
     }
 }
 
-impl AttributeHost for ProxyHost {
+impl AttributeHost for ProxyHost<'_> {
+    fn budget_spent(&mut self, name: &str) -> f64 {
+        let Some(budget) = self.budgets.iter().find(|b| b.name == name) else {
+            return 0.0;
+        };
+        let key = super::spend::key_of(budget, |header| self.header(header).map(<[u8]>::to_vec));
+        self.fetches += 1;
+        super::spend::spent(budget, &key, self.now_secs)
+    }
+
     fn request_header(&mut self, name: &str) -> Option<Vec<u8>> {
         self.header(name).map(<[u8]>::to_vec)
     }
@@ -46,6 +61,9 @@ impl AttributeHost for ProxyHost {
     }
 
     fn property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
+        if path == ["request", "body"] {
+            return self.body.clone();
+        }
         let pseudo = match path {
             ["request", "path"] | ["request", "url_path"] => Some(":path"),
             ["request", "host"] => Some(":authority"),

@@ -6,15 +6,19 @@ use std::sync::Arc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::{Action, BufferType, MapType};
 
 use super::host::ProxyHost;
 use super::live::{now_ms, Live};
 use super::metrics::Metrics;
 use super::report::report;
+use super::spend;
 use super::{log, Loaded};
-use crate::engine::{Decision, LogLevel, Outcome, Served};
+use crate::engine::{
+    error_body, BodyError, BodySummary, Decision, LogLevel, Outcome, Policy, Served,
+};
 use crate::signals::{parse_orca, Completion, ORCA_FORMAT_HEADER, ORCA_HEADER};
+use crate::usage::{Framing, UsageScanner};
 
 pub(super) struct Request {
     pub(super) loaded: Option<Rc<Loaded>>,
@@ -24,6 +28,24 @@ pub(super) struct Request {
     pub(super) live: Option<Rc<std::cell::RefCell<Live>>>,
     /// Where this request went and when, for live observation.
     pub(super) routed: Option<Routed>,
+    /// Bytes of body received while the request is held for its body (a
+    /// policy that reads `request.body`); `None` when it is not held.
+    pub(super) held: Option<usize>,
+    /// Usage of a routed request, under a policy that counts it.
+    pub(super) counting: Option<Box<Counting>>,
+}
+
+/// What a routed request used: read from its bodies as they pass.
+pub(super) struct Counting {
+    cluster: String,
+    /// The value of `usage.key_header`, made fit for a stat name.
+    key: Option<String>,
+    bytes_in: u64,
+    bytes_out: u64,
+    /// `None` until the response headers say the body can carry usage.
+    scanner: Option<UsageScanner>,
+    /// Each budget's key for this request, in the policy's order.
+    budget_keys: Vec<String>,
 }
 
 pub(super) struct Routed {
@@ -45,7 +67,30 @@ impl HttpContext for Request {
     /// How a routed request ended, in as few host calls as the answer
     /// allows: the status alone for an answer, the flags only when there
     /// was none (or to trust a latency sample).
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        // The response is never held: each chunk is scanned as it passes.
+        if let Some(counting) = &mut self.counting {
+            counting.bytes_out += body_size as u64;
+            if let Some(scanner) = &mut counting.scanner {
+                if body_size > 0 {
+                    if let Ok(Some(chunk)) =
+                        hostcalls::get_buffer(BufferType::HttpResponseBody, 0, body_size)
+                    {
+                        scanner.feed(&chunk);
+                    }
+                }
+            }
+        }
+        if end_of_stream {
+            // Charged before the client has the last byte, so that its
+            // next request already sees the spend.
+            self.charge();
+        }
+        Action::Continue
+    }
+
     fn on_log(&mut self) {
+        self.charge();
         let (Some(live), Some(routed), Some(loaded)) =
             (&self.live, self.routed.take(), &self.loaded)
         else {
@@ -97,33 +142,68 @@ impl HttpContext for Request {
         );
     }
 
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(loaded) = self.loaded.clone() else {
             return self.no_policy();
         };
-        let policy = loaded.router.policy();
-        let mut host = ProxyHost {
-            fetches: 0,
-            headers: None,
-        };
-        let (decision, served) = loaded.router.decide(
-            &mut host,
-            loaded.reporting || policy.log_level() <= LogLevel::Debug,
-        );
-        self.observe(&loaded, &decision, served, host.fetches);
-        let action = match &decision.outcome {
-            Outcome::Route { cluster } => {
-                self.started(cluster);
-                self.route(&loaded, cluster, decision.fallback.as_deref())
-            }
-            Outcome::Deny { status, .. } => self.deny(&loaded, &decision, *status),
-        };
-        self.decision = Some(decision);
-        action
+        if !loaded.router.policy().reads_body() {
+            return self.decide(&loaded, None);
+        }
+        if end_of_stream {
+            return self.decide(&loaded, Some(BodySummary::empty().encode()));
+        }
+        // The decision waits for the body; until then nothing is routed,
+        // whatever routing header the client sent.
+        self.held = Some(0);
+        Action::Pause
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(_), Some(loaded)) = (self.held, self.loaded.clone()) else {
+            // Not held: each call brings the next chunk.
+            if let Some(counting) = &mut self.counting {
+                counting.bytes_in += body_size as u64;
+            }
+            return Action::Continue;
+        };
+        self.held = Some(body_size);
+        log(
+            loaded.router.policy().log_level(),
+            LogLevel::Trace,
+            &format!("request body held: {body_size} bytes, end of stream: {end_of_stream}"),
+        );
+        let limit = loaded.router.policy().max_body_bytes();
+        if body_size as u64 > limit {
+            self.held = None;
+            return self.refuse(&loaded, &BodySummary::too_large(limit));
+        }
+        if !end_of_stream {
+            // Envoy keeps the body buffered until the decision.
+            return Action::Pause;
+        }
+        self.body_complete(&loaded, body_size)
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        match (self.held, self.loaded.clone()) {
+            (Some(size), Some(loaded)) => self.body_complete(&loaded, size),
+            _ => Action::Continue,
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.observe_response();
+        if let Some(counting) = &mut self.counting {
+            counting.scanner =
+                hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, "content-type")
+                    .ok()
+                    .flatten()
+                    .and_then(|ct| Framing::of(&ct))
+                    .map(UsageScanner::new);
+        }
+        if end_of_stream {
+            self.charge();
+        }
         if let (Some(loaded), Some(decision)) = (&self.loaded, &self.decision) {
             if let (Some(name), Outcome::Route { .. }) =
                 (loaded.router.policy().decision_header(), &decision.outcome)
@@ -137,6 +217,157 @@ impl HttpContext for Request {
 }
 
 impl Request {
+    /// Decides, then routes or denies. `body` is the encoded
+    /// `request.body` for a policy that reads it.
+    fn decide(&mut self, loaded: &Rc<Loaded>, body: Option<Vec<u8>>) -> Action {
+        let policy = loaded.router.policy();
+        let budgets = policy.budgets();
+        let mut host = ProxyHost {
+            fetches: 0,
+            headers: None,
+            body,
+            budgets,
+            now_secs: if budgets.is_empty() {
+                0
+            } else {
+                now_ms(self.get_current_time()) / 1000
+            },
+        };
+        let (decision, served) = loaded.router.decide(
+            &mut host,
+            loaded.reporting || policy.log_level() <= LogLevel::Debug,
+        );
+        self.observe(loaded, &decision, served, host.fetches);
+        let action = match &decision.outcome {
+            Outcome::Route { cluster } => {
+                self.started(cluster);
+                if policy.counts_usage() {
+                    self.counting = Some(Box::new(Counting::new(cluster, policy, &mut host)));
+                }
+                self.route(loaded, cluster, decision.fallback.as_deref())
+            }
+            Outcome::Deny { status, .. } => self.deny(loaded, &decision, *status),
+        };
+        self.decision = Some(decision);
+        action
+    }
+
+    /// Counts a routed request's usage: tokens, their cost at the cluster's
+    /// price, and bytes, per cluster and per key.
+    fn charge(&mut self) {
+        let (Some(counting), Some(loaded), Some(metrics)) =
+            (self.counting.take(), &self.loaded, &self.metrics)
+        else {
+            return;
+        };
+        let policy = loaded.router.policy();
+        let mut metrics = metrics.borrow_mut();
+        let usage = counting.scanner.as_ref().and_then(UsageScanner::usage);
+        let price = policy
+            .cluster_number(&counting.cluster, "price_per_1k_tokens")
+            .unwrap_or(0.0);
+        let egress = policy
+            .cluster_number(&counting.cluster, "egress_per_gb")
+            .unwrap_or(0.0);
+        let counts = [
+            (
+                "celroute.usage.prompt_tokens",
+                usage.map_or(0, |u| u.prompt_tokens),
+            ),
+            (
+                "celroute.usage.completion_tokens",
+                usage.map_or(0, |u| u.completion_tokens),
+            ),
+            (
+                "celroute.usage.cost_micros",
+                usage.map_or(0, |u| micros(u.total() as f64 * price / 1000.0)),
+            ),
+            ("celroute.usage.bytes_in", counting.bytes_in),
+            ("celroute.usage.bytes_out", counting.bytes_out),
+            (
+                "celroute.usage.egress_cost_micros",
+                micros(counting.bytes_out as f64 * egress / 1e9),
+            ),
+            (
+                "celroute.usage.responses_with_usage",
+                u64::from(usage.is_some()),
+            ),
+        ];
+        if policy.usage().is_some() {
+            for (what, n) in counts.into_iter().filter(|(_, n)| *n > 0) {
+                metrics.count_usage(what, "cluster", &counting.cluster, n);
+                if let Some(key) = &counting.key {
+                    metrics.count_usage(what, "key", key, n);
+                }
+            }
+        }
+        // Spend is charged when the response ends: a request in flight has
+        // not spent yet (docs/inference.md#budgets).
+        let now_secs =
+            now_ms(hostcalls::get_current_time().unwrap_or(std::time::UNIX_EPOCH)) / 1000;
+        let tokens = usage.map_or(0, |u| u.total());
+        for (budget, key) in policy.budgets().iter().zip(&counting.budget_keys) {
+            if !budget.charges(&counting.cluster) {
+                continue;
+            }
+            let amount = budget.unit.amount(tokens, price, counting.bytes_out);
+            if amount > 0.0 && !spend::charge(budget, key, amount, now_secs) {
+                log(
+                    policy.log_level(),
+                    LogLevel::Warn,
+                    &format!(
+                        "budget '{}': could not charge {amount} to '{key}'",
+                        budget.name
+                    ),
+                );
+            }
+        }
+    }
+
+    /// The held body is complete: read it, then decide.
+    fn body_complete(&mut self, loaded: &Rc<Loaded>, size: usize) -> Action {
+        self.held = None;
+        let body = if size == 0 {
+            Vec::new()
+        } else {
+            hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        };
+        let content_type =
+            hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "content-type")
+                .ok()
+                .flatten();
+        let action = match BodySummary::read(&body, content_type.as_deref()) {
+            Ok(summary) => self.decide(loaded, Some(summary.encode())),
+            Err(error) => self.refuse(loaded, &error),
+        };
+        if let Some(counting) = &mut self.counting {
+            counting.bytes_in = size as u64;
+        }
+        action
+    }
+
+    /// Answers a request whose body the policy cannot read: a denial by
+    /// the reserved rule `request-body`, with the body error's code.
+    fn refuse(&mut self, loaded: &Loaded, error: &BodyError) -> Action {
+        if let Some(metrics) = &self.metrics {
+            metrics.borrow_mut().count_body_refused();
+        }
+        let decision = Arc::new(error.decision());
+        self.observe(loaded, &decision, Served::Evaluated, 0);
+        let body = error_body(
+            error.status,
+            error.code,
+            &error.message,
+            Some(&decision.rule),
+        );
+        let action = self.reply(loaded, &decision, error.status, &body);
+        self.decision = Some(decision);
+        action
+    }
+
     /// A request routed under a policy that reads live state: counted in
     /// flight, and asked of a vLLM upstream for its load report.
     fn started(&mut self, cluster: &str) {
@@ -200,7 +431,15 @@ impl Request {
         self.send_http_response(
             503,
             vec![("content-type", "application/json")],
-            Some(br#"{"error":"no_policy","message":"celroute has no valid policy loaded"}"#),
+            Some(
+                error_body(
+                    503,
+                    "no_policy",
+                    "celroute has no valid policy loaded",
+                    None,
+                )
+                .as_bytes(),
+            ),
         );
         Action::Pause
     }
@@ -252,7 +491,15 @@ impl Request {
             self.send_http_response(
                 500,
                 vec![("content-type", "application/json")],
-                Some(br#"{"error":"internal","message":"celroute could not set the routing header"}"#),
+                Some(
+                    error_body(
+                        500,
+                        "internal",
+                        "celroute could not set the routing header",
+                        None,
+                    )
+                    .as_bytes(),
+                ),
             );
             return Action::Pause;
         }
@@ -263,7 +510,11 @@ impl Request {
 
     /// Answers a denied request locally: it never leaves the proxy.
     fn deny(&mut self, loaded: &Loaded, decision: &Decision, status: u16) -> Action {
-        let body = decision.deny_body();
+        self.reply(loaded, decision, status, &decision.deny_body())
+    }
+
+    /// A local JSON reply, with the decision header when the policy asks for it.
+    fn reply(&mut self, loaded: &Loaded, decision: &Decision, status: u16, body: &str) -> Action {
         let mut headers = vec![("content-type", "application/json")];
         let value = loaded
             .router
@@ -275,6 +526,57 @@ impl Request {
         }
         self.send_http_response(u32::from(status), headers, Some(body.as_bytes()));
         Action::Pause
+    }
+}
+
+impl Counting {
+    fn new(cluster: &str, policy: &Policy, host: &mut ProxyHost) -> Counting {
+        let key = policy
+            .usage()
+            .and_then(|usage| usage.key_header.as_deref())
+            .map(|name| {
+                host.header(name)
+                    .map(stat_name)
+                    .unwrap_or_else(|| "none".into())
+            });
+        let budget_keys = (policy.budgets().iter())
+            .map(|budget| spend::key_of(budget, |name| host.header(name).map(<[u8]>::to_vec)))
+            .collect();
+        Counting {
+            cluster: cluster.to_string(),
+            key,
+            bytes_in: 0,
+            bytes_out: 0,
+            scanner: None,
+            budget_keys,
+        }
+    }
+}
+
+/// An amount of currency in millionths, rounded (stats are integers).
+fn micros(amount: f64) -> u64 {
+    // A float-to-int `as` saturates; NaN becomes 0.
+    (amount * 1e6).round() as u64
+}
+
+/// A header value as a stat name segment: at most 64 of its letters,
+/// digits, `-` and `_`, each other byte as `_`.
+pub(super) fn stat_name(value: &[u8]) -> String {
+    let name: String = value
+        .iter()
+        .take(64)
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                char::from(b)
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "empty".into()
+    } else {
+        name
     }
 }
 

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType, Status};
+use proxy_wasm::types::{BufferType, MapType};
 
 use super::log;
 use crate::engine::{LogLevel, Router};
@@ -24,8 +24,6 @@ use crate::signals::{
 /// Shared-data key prefix of the callouts' leases: when each is next due.
 const LEASE_PREFIX: &str = "celroute.live.v1/.lease/";
 const PROBE_TIMEOUT_MS: u64 = 1_000;
-/// Attempts at one compare-and-swap before the batch is dropped.
-const CAS_ATTEMPTS: usize = 16;
 
 /// What a callout in flight was for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,20 +324,11 @@ fn key(cluster: &str) -> String {
 /// Applies `change` to a cluster's shared record with compare-and-swap;
 /// false when other workers kept winning.
 fn update(cluster: &str, mut change: impl FnMut(&mut ClusterState)) -> bool {
-    let key = key(cluster);
-    for _ in 0..CAS_ATTEMPTS {
-        let Ok((bytes, cas)) = hostcalls::get_shared_data(&key) else {
-            return false;
-        };
-        let mut state = ClusterState::from_bytes(bytes.as_deref());
+    super::shared::update(&key(cluster), |bytes| {
+        let mut state = ClusterState::from_bytes(bytes);
         change(&mut state);
-        match hostcalls::set_shared_data(&key, Some(&state.to_bytes()), cas) {
-            Ok(()) => return true,
-            Err(Status::CasMismatch) => continue,
-            Err(_) => return false,
-        }
-    }
-    false
+        state.to_bytes()
+    })
 }
 
 /// True when the lease `key` (a time something is next due) has come and

@@ -20,13 +20,18 @@ pub(super) struct Metrics {
     pub(super) attribute_fetches: Option<u32>,
     pub(super) decision_cache_hits: Option<u32>,
     pub(super) decision_cache_misses: Option<u32>,
-    /// Decision counters by cluster and by rule name (defined on first use).
-    pub(super) clusters: HashMap<String, Option<u32>>,
-    pub(super) rules: HashMap<String, Option<u32>>,
+    pub(super) bodies_refused: Option<u32>,
+    /// Counters named at run time, `<family>.<scope>.<name>` such as
+    /// `celroute.decisions.cluster.<name>`: defined on first use, then looked
+    /// up by family, scope and name without allocating.
+    pub(super) named: HashMap<(&'static str, &'static str), HashMap<String, Option<u32>>>,
     /// Per-request counts not yet given to the host, by metric id: a host
     /// call per counter per request would cost more than the decision.
     pub(super) pending: HashMap<u32, u64>,
 }
+
+/// Distinct usage keys counted per VM and counter; more are counted as `other`.
+pub(super) const MAX_USAGE_KEYS: usize = 1000;
 
 /// How often per-request counters reach the host's stats.
 pub(super) const METRICS_FLUSH_PERIOD: Duration = Duration::from_millis(100);
@@ -45,8 +50,8 @@ impl Metrics {
             attribute_fetches: counter("celroute.attribute_fetches"),
             decision_cache_hits: counter("celroute.decision_cache.hits"),
             decision_cache_misses: counter("celroute.decision_cache.misses"),
-            clusters: HashMap::new(),
-            rules: HashMap::new(),
+            bodies_refused: counter("celroute.request_body.refused"),
+            named: HashMap::new(),
             pending: HashMap::new(),
         }
     }
@@ -76,27 +81,43 @@ impl Metrics {
         }
     }
 
-    /// Counts one decision for `name` in `metrics` (`celroute.decisions.<kind>.<name>`),
-    /// looking the counter up without allocating once it is defined.
-    pub(super) fn count_decision(&mut self, kind: &str, name: &str) {
-        let metrics = if kind == "cluster" {
-            &mut self.clusters
-        } else {
-            &mut self.rules
-        };
-        let id = match metrics.get(name) {
+    /// Counts `n` towards the counter `<family>.<scope>.<name>`, defining
+    /// it on first use.
+    pub(super) fn count_named(&mut self, family: (&'static str, &'static str), name: &str, n: u64) {
+        let names = self.named.entry(family).or_default();
+        let id = match names.get(name) {
             Some(id) => *id,
             None => {
-                let id = hostcalls::define_metric(
-                    MetricType::Counter,
-                    &format!("celroute.decisions.{kind}.{name}"),
-                )
-                .ok();
-                metrics.insert(name.to_string(), id);
+                let (family, scope) = family;
+                let full = format!("{family}.{scope}.{name}");
+                let id = hostcalls::define_metric(MetricType::Counter, &full).ok();
+                names.insert(name.to_string(), id);
                 id
             }
         };
-        self.count(id, 1);
+        self.count(id, n);
+    }
+
+    /// Counts usage: `celroute.usage.<what>.<scope>.<name>`, such as
+    /// `celroute.usage.prompt_tokens.cluster.aws-us-east-1`. Keys beyond the
+    /// first [`MAX_USAGE_KEYS`] are counted as `other`.
+    pub(super) fn count_usage(
+        &mut self,
+        what: &'static str,
+        scope: &'static str,
+        name: &str,
+        n: u64,
+    ) {
+        let family = (what, scope);
+        let names = self.named.get(&family);
+        let crowded = names.is_some_and(|names| {
+            scope == "key" && names.len() >= MAX_USAGE_KEYS && !names.contains_key(name)
+        });
+        self.count_named(family, if crowded { "other" } else { name }, n);
+    }
+
+    pub(super) fn count_body_refused(&mut self) {
+        self.count(self.bodies_refused, 1);
     }
 
     /// Counts one request's decision: how it was served, what it cost in
@@ -113,9 +134,11 @@ impl Metrics {
         };
         self.count(id, 1);
         match &decision.outcome {
-            Outcome::Route { cluster } => self.count_decision("cluster", cluster),
+            Outcome::Route { cluster } => {
+                self.count_named(("celroute.decisions", "cluster"), cluster, 1)
+            }
             Outcome::Deny { .. } => self.count(self.denials, 1),
         }
-        self.count_decision("rule", &decision.rule);
+        self.count_named(("celroute.decisions", "rule"), &decision.rule, 1);
     }
 }

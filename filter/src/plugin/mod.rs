@@ -12,6 +12,8 @@ mod live;
 mod metrics;
 mod report;
 mod root;
+mod shared;
+mod spend;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::RootContext;

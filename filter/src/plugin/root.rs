@@ -163,6 +163,8 @@ impl RootContext for Root {
             decision: None,
             live,
             routed: None,
+            held: None,
+            counting: None,
         }))
     }
 

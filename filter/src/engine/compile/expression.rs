@@ -23,6 +23,8 @@ pub(super) struct Scope<'a> {
     pub(super) live_fields: &'a LiveFields,
     pub(super) inventory: &'a cost::Inventory,
     pub(super) limits: &'a Limits,
+    /// Each budget's name and limit.
+    pub(super) budgets: &'a [(String, f64)],
 }
 
 /// Longest piece of an expression quoted in an error message.
@@ -59,7 +61,7 @@ pub(super) fn compile_expression(
             quoted(source)
         ));
     }
-    let reads = if !analysis.needs.attributes.is_empty() {
+    let reads = if !analysis.needs.attributes.is_empty() || !analysis.needs.budgets.is_empty() {
         Reads::Request
     } else if analysis.reads_live {
         Reads::Live
@@ -128,7 +130,13 @@ fn analyse<'a>(
     source: &str,
     program: &Program,
 ) -> Result<Analysis<'a>, String> {
-    let mut analysis = Analysis::new(scope.known, scope.cluster_fields, scope.live_fields, field);
+    let mut analysis = Analysis::new(
+        scope.known,
+        scope.cluster_fields,
+        scope.live_fields,
+        scope.budgets,
+        field,
+    );
     analysis.walk(program.expression());
     let Some((id, problem)) = analysis.problems.first() else {
         return Ok(analysis);
@@ -149,6 +157,7 @@ fn analyse<'a>(
 
 fn merge(needs: &mut AttributeNeeds, more: AttributeNeeds) {
     needs.attributes.extend(more.attributes);
+    needs.budgets.extend(more.budgets);
     match more.headers {
         Some(HeaderNeeds::All) => needs.add_all_headers(),
         Some(HeaderNeeds::Named(names)) => {

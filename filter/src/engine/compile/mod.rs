@@ -9,9 +9,11 @@
 //! - `rules.rs`: each rule's name, `when` and action;
 //! - `expression.rs`: one CEL expression (size, parse, analysis, cost);
 //! - `options.rs`: the `options:` block;
+//! - `budgets.rs`: the `budgets:` section;
 //! - the inventory is compiled by `../inventory.rs`, and the results that
 //!   can be known at load are computed by `../precompute.rs`.
 
+mod budgets;
 mod expression;
 pub mod live;
 mod options;
@@ -25,7 +27,7 @@ use super::error::PolicyErrors;
 use super::inventory::{clusters_map, compile_clusters, cost_inventory, to_val};
 use super::limits::{self, Limits};
 use super::live::LiveFields;
-use super::policy::{content_version, Cluster, Policy};
+use super::policy::{content_version, Cluster, Policy, UsageOptions};
 use expression::Scope;
 use options::Options;
 use rules::{cluster_index, RuleCompiler};
@@ -65,6 +67,9 @@ impl Policy {
         let names: Vec<String> = clusters.iter().map(|(n, _)| n.clone()).collect();
         let (live_options, catalog) = live::compile(document.live.as_ref(), &names, &mut errors);
         let live_fields = live_fields.unwrap_or(catalog);
+        let budgets = budgets::compile(&document.budgets, &names, &mut errors);
+        let budget_limits: Vec<(String, f64)> =
+            budgets.iter().map(|b| (b.name.clone(), b.limit)).collect();
 
         let scope = Scope {
             env: &env,
@@ -73,6 +78,7 @@ impl Policy {
             live_fields: &live_fields,
             inventory: &inventory,
             limits: &limits,
+            budgets: &budget_limits,
         };
         let mut compiler = RuleCompiler::new(scope, &names);
         let rules: Vec<_> = (document.rules.iter().enumerate())
@@ -84,6 +90,14 @@ impl Policy {
                 .ok()
         });
         let options = Options::compile(&document.options, &mut errors);
+        let usage = document.usage.as_ref().map(|usage| {
+            if let Some(name) = &usage.key_header {
+                options::check_header_name("usage.key_header", name, &mut errors);
+            }
+            UsageOptions {
+                key_header: usage.key_header.clone(),
+            }
+        });
         if !errors.is_empty() {
             return Err(PolicyErrors(errors));
         }
@@ -135,6 +149,9 @@ impl Policy {
             fallback_header: options.fallback_header,
             log_level: options.log_level,
             no_candidate_status: options.no_candidate_status,
+            max_body_bytes: options.max_body_bytes,
+            usage,
+            budgets,
             version: version.to_string(),
             programs,
             limits,

@@ -15,6 +15,7 @@ pub(super) struct Options {
     pub(super) log_level: LogLevel,
     pub(super) no_candidate_status: u16,
     pub(super) cache_size: usize,
+    pub(super) max_body_bytes: u64,
 }
 
 impl Options {
@@ -59,7 +60,20 @@ impl Options {
                 ),
             ));
         }
+        let max_body_bytes = document
+            .max_body_bytes
+            .unwrap_or(super::super::body::DEFAULT_MAX_BODY_BYTES);
+        if !(1..=super::super::body::MAX_MAX_BODY_BYTES).contains(&max_body_bytes) {
+            errors.push(PolicyError::new(
+                "options.max_body_bytes",
+                format!(
+                    "{max_body_bytes} is not from 1 to {} bytes (each request held holds its body)",
+                    super::super::body::MAX_MAX_BODY_BYTES
+                ),
+            ));
+        }
         Options {
+            max_body_bytes,
             routing_header,
             decision_header: document.decision_header.clone(),
             fallback_header: document.fallback_header.clone(),
@@ -88,7 +102,7 @@ fn log_level(level: Option<&str>, errors: &mut Vec<PolicyError>) -> LogLevel {
     }
 }
 
-fn check_header_name(at: &str, name: &str, errors: &mut Vec<PolicyError>) {
+pub(super) fn check_header_name(at: &str, name: &str, errors: &mut Vec<PolicyError>) {
     let valid = !name.is_empty()
         && name
             .bytes()

@@ -243,17 +243,15 @@ impl UsageScanner {
                 self.expect_key = false;
             }
             b',' => self.expect_key = self.in_object(),
-            b'0'..=b'9' => {
-                if self.usage_depth == Some(self.depth) {
-                    let field = if self.key_is(value_key, b"prompt_tokens") {
-                        Some(Field::Prompt)
-                    } else if self.key_is(value_key, b"completion_tokens") {
-                        Some(Field::Completion)
-                    } else {
-                        None
-                    };
-                    self.number = field.map(|f| (f, u64::from(b - b'0')));
-                }
+            b'0'..=b'9' if self.usage_depth == Some(self.depth) => {
+                let field = if self.key_is(value_key, b"prompt_tokens") {
+                    Some(Field::Prompt)
+                } else if self.key_is(value_key, b"completion_tokens") {
+                    Some(Field::Completion)
+                } else {
+                    None
+                };
+                self.number = field.map(|f| (f, u64::from(b - b'0')));
             }
             _ => {}
         }

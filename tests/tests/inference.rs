@@ -272,9 +272,9 @@ fn reported_usage(reply: &Reply) -> Option<(u64, u64)> {
     if reply.header("content-type") == Some("text/event-stream") {
         events(&reply.body)
             .iter()
+            .rev()
             .filter_map(|e| serde_json::from_str(e).ok())
-            .filter_map(|v: serde_json::Value| usage(&v))
-            .last()
+            .find_map(|v: serde_json::Value| usage(&v))
     } else {
         usage(&reply.json())
     }

@@ -86,6 +86,34 @@ pub fn policy_yaml(n: usize, decision_cache_size: Option<usize>) -> String {
 /// `policy` with a constraint on live state after its residency rule: every
 /// cluster must be healthy (all are, in a benchmark, so the decisions stay
 /// the same), and the filter observes every response.
+/// The policy with a selection by the model in the request body first.
+pub fn with_body_model(policy: &str) -> String {
+    policy.replacen(
+        "  - name: tenant-required\n",
+        "  - name: reasoning-model\n    when: request.body.?model.orValue('').startsWith('o')\n    prefer: [cluster-1]\n  - name: tenant-required\n",
+        1,
+    )
+}
+
+/// The policy counting usage per cluster and tenant.
+pub fn with_usage(policy: &str) -> String {
+    format!("{policy}usage:\n  key_header: x-tenant\n")
+}
+
+/// The JSON body of the benchmark's body route.
+pub const CHAT_BODY: &str = r#"{"model":"o3-mini","max_tokens":16,"messages":[{"role":"user","content":"why is the sky blue"}]}"#;
+
+/// A streamed chat completion with usage in its last event, as the
+/// benchmark's upstream sends it.
+pub const SSE_COMPLETION: &str = concat!(
+    "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+    "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"}}]}\n\n",
+    "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" there\"}}]}\n\n",
+    "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+    "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n",
+    "data: [DONE]\n\n",
+);
+
 pub fn with_live_health(policy: &str) -> String {
     policy.replacen(
         "  - name: tenant-required\n",

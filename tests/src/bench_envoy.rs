@@ -14,6 +14,22 @@ use crate::http::Connection;
 
 pub const ROUTING_HEADER: &str = "x-celroute-cluster";
 
+/// What a celroute configuration adds to the `n`-rule policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// The policy as it is.
+    Plain,
+    /// Also requires `cluster.live.healthy`, so the filter observes every
+    /// response and keeps a live snapshot.
+    Live,
+    /// Also prefers a cluster by `request.body.model`, so the filter holds
+    /// each request until its body is complete.
+    BodyModel,
+    /// Also counts usage (`usage:`), so the filter reads every response
+    /// body for its tokens.
+    Usage,
+}
+
 /// What runs in Envoy's filter chain.
 #[derive(Clone, Debug)]
 pub enum Filter {
@@ -22,12 +38,10 @@ pub enum Filter {
     Lua {
         rules: usize,
     },
-    /// `live`: the policy also requires `cluster.live.healthy`, so the
-    /// filter observes every response and keeps a live snapshot.
     Celroute {
         rules: usize,
         cache: bool,
-        live: bool,
+        variant: Variant,
     },
 }
 
@@ -70,12 +84,17 @@ pub fn envoy_config(filter: &Filter, upstream: u16, wasm_dir: &Path) -> Result<C
                 "default_source_code": {"inline_string": bench::lua(*rules, ROUTING_HEADER)},
             },
         })),
-        Filter::Celroute { rules, cache, live } => {
+        Filter::Celroute {
+            rules,
+            cache,
+            variant,
+        } => {
             let policy = bench::policy_yaml(*rules, (!cache).then_some(0));
-            let policy = if *live {
-                bench::with_live_health(&policy)
-            } else {
-                policy
+            let policy = match variant {
+                Variant::Plain => policy,
+                Variant::Live => bench::with_live_health(&policy),
+                Variant::BodyModel => bench::with_body_model(&policy),
+                Variant::Usage => bench::with_usage(&policy),
             };
             http_filters.push(wasm_filter(
                 "celroute",
@@ -154,9 +173,21 @@ fn listener_config(
     })
 }
 
-/// The upstream of the proxied route: an Envoy answering every request itself.
+/// The upstream of the proxied routes: an Envoy answering every request
+/// itself, `/v1/proxied/stream` with a streamed chat completion (server-sent
+/// events, usage in the last event).
 pub fn upstream_config() -> Result<Config> {
-    let routes = json!([{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "upstream ok"}}}]);
+    let routes = json!([
+        {
+            "match": {"prefix": "/v1/proxied/stream"},
+            "direct_response": {"status": 200, "body": {"inline_string": bench::SSE_COMPLETION}},
+            "response_headers_to_add": [{
+                "header": {"key": "content-type", "value": "text/event-stream"},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }],
+        },
+        {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "upstream ok"}}},
+    ]);
     listener_config("upstream", routes, Vec::new(), Vec::new())
 }
 

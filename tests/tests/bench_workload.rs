@@ -6,17 +6,24 @@
 
 use std::collections::BTreeSet;
 
-use celroute_tests::bench::{denied_requests, routed_requests};
-use celroute_tests::bench_envoy::{envoy_config, probe, same_decisions, upstream_config, Filter};
+use celroute_tests::bench::{denied_requests, routed_requests, CHAT_BODY, SSE_COMPLETION};
+use celroute_tests::bench_envoy::{
+    envoy_config, probe, same_decisions, upstream_config, Filter, Variant,
+};
 use celroute_tests::envoy::{wasm, Envoy};
+use celroute_tests::http::Connection;
 
-#[test]
-fn lua_and_celroute_benchmark_filters_decide_alike() {
-    let wasm_dir = wasm()
+fn wasm_dir() -> std::path::PathBuf {
+    wasm()
         .expect("celroute.wasm")
         .parent()
         .unwrap()
-        .to_path_buf();
+        .to_path_buf()
+}
+
+#[test]
+fn lua_and_celroute_benchmark_filters_decide_alike() {
+    let wasm_dir = wasm_dir();
     let upstream = Envoy::start(&upstream_config().unwrap()).expect("upstream");
     let port = upstream.listener.port();
     let lua = Envoy::start(&envoy_config(&Filter::Lua { rules: 20 }, port, &wasm_dir).unwrap())
@@ -26,7 +33,7 @@ fn lua_and_celroute_benchmark_filters_decide_alike() {
             &Filter::Celroute {
                 rules: 20,
                 cache: true,
-                live: true,
+                variant: Variant::Live,
             },
             port,
             &wasm_dir,
@@ -41,7 +48,7 @@ fn lua_and_celroute_benchmark_filters_decide_alike() {
             &Filter::Celroute {
                 rules: 20,
                 cache: true,
-                live: false,
+                variant: Variant::Plain,
             },
             port,
             &wasm_dir,
@@ -83,4 +90,82 @@ fn lua_and_celroute_benchmark_filters_decide_alike() {
     // The proxied route reaches the upstream through the chosen cluster.
     let (status, _, body) = probe(&cel, "/v1/proxied/chat", &routed_requests(1)[0]).unwrap();
     assert_eq!((status, body.as_str()), (200, Some("upstream ok")));
+}
+
+/// The inference workloads of `make bench-envoy` do what they are named
+/// for: the body route is decided by the model in the body, and the
+/// streamed route's usage is counted.
+#[test]
+fn the_body_and_stream_workloads_are_decided_and_counted() {
+    let wasm_dir = wasm_dir();
+    let upstream = Envoy::start(&upstream_config().unwrap()).expect("upstream");
+    let port = upstream.listener.port();
+    let start = |variant| {
+        let filter = Filter::Celroute {
+            rules: 20,
+            cache: true,
+            variant,
+        };
+        Envoy::start(&envoy_config(&filter, port, &wasm_dir).unwrap()).expect("celroute Envoy")
+    };
+    let headers: Vec<(String, String)> = routed_requests(1)[0].clone();
+    let mut with_type: Vec<(&str, &[u8])> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
+        .collect();
+    with_type.push(("content-type", b"application/json"));
+
+    let body_model = start(Variant::BodyModel);
+    let reply = Connection::open(body_model.listener)
+        .unwrap()
+        .send("POST", "/v1/direct/chat", &with_type, CHAT_BODY.as_bytes())
+        .unwrap();
+    assert_eq!(
+        reply.header("x-chosen"),
+        Some("cluster-1"),
+        "{}",
+        reply.body
+    );
+    // Without a reasoning model in the body, the rest of the policy decides.
+    let other = CHAT_BODY.replace("o3-mini", "llama-3.1-70b");
+    let reply = Connection::open(body_model.listener)
+        .unwrap()
+        .send("POST", "/v1/direct/chat", &with_type, other.as_bytes())
+        .unwrap();
+    assert_ne!(
+        reply.header("x-chosen"),
+        Some("cluster-1"),
+        "{}",
+        reply.body
+    );
+
+    let usage = start(Variant::Usage);
+    let mut connection = Connection::open(usage.listener).unwrap();
+    for _ in 0..10 {
+        let reply = connection
+            .send(
+                "POST",
+                "/v1/proxied/stream",
+                &with_type,
+                CHAT_BODY.as_bytes(),
+            )
+            .unwrap();
+        assert_eq!(reply.body, SSE_COMPLETION);
+    }
+    let counted = (usage
+        .stats("usage.completion_tokens.cluster")
+        .unwrap()
+        .values())
+    .sum::<u64>();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut counted = counted;
+    while counted < 20 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        counted = (usage
+            .stats("usage.completion_tokens.cluster")
+            .unwrap()
+            .values())
+        .sum();
+    }
+    assert_eq!(counted, 20, "2 completion tokens in each of 10 streams");
 }

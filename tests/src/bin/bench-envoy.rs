@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use celroute_tests::bench;
-use celroute_tests::bench_envoy::{envoy_config, probe, same_decisions, upstream_config, Filter};
+use celroute_tests::bench_envoy::{
+    envoy_config, probe, same_decisions, upstream_config, Filter, Variant,
+};
 use celroute_tests::envoy::Envoy;
 use celroute_tests::repo_root;
 use serde::Serialize;
@@ -101,7 +103,7 @@ fn subjects() -> Vec<Subject> {
             filter: Filter::Celroute {
                 rules,
                 cache: true,
-                live: false,
+                variant: Variant::Plain,
             },
         });
     }
@@ -110,7 +112,7 @@ fn subjects() -> Vec<Subject> {
         filter: Filter::Celroute {
             rules: 20,
             cache: false,
-            live: false,
+            variant: Variant::Plain,
         },
     });
     out.push(Subject {
@@ -118,16 +120,36 @@ fn subjects() -> Vec<Subject> {
         filter: Filter::Celroute {
             rules: 20,
             cache: true,
-            live: true,
+            variant: Variant::Live,
+        },
+    });
+    out.push(Subject {
+        name: "celroute, 20 rules, model from the body".into(),
+        filter: Filter::Celroute {
+            rules: 20,
+            cache: true,
+            variant: Variant::BodyModel,
+        },
+    });
+    out.push(Subject {
+        name: "celroute, 20 rules, streaming with usage counting".into(),
+        filter: Filter::Celroute {
+            rules: 20,
+            cache: true,
+            variant: Variant::Usage,
         },
     });
     out
 }
 
-/// The wrk script: cycles through the request mix on `path`, prints one JSON line.
-fn wrk_script(path: &str) -> String {
+/// The wrk script: cycles through the request mix on `path` (a POST of
+/// `body` as JSON when there is one), prints one JSON line.
+fn wrk_script(path: &str, body: Option<&str>) -> String {
     let mut mix = String::new();
-    for headers in bench::routed_requests(MIX) {
+    for mut headers in bench::routed_requests(MIX) {
+        if body.is_some() {
+            headers.push(("content-type".into(), "application/json".into()));
+        }
         let fields: Vec<String> = headers
             .iter()
             .map(|(k, v)| format!("[\"{k}\"] = \"{v}\""))
@@ -141,7 +163,7 @@ local requests = {{}}
 local n = 0
 init = function(args)
   for i, headers in ipairs(mix) do
-    requests[i] = wrk.format("GET", "{path}", headers)
+    requests[i] = wrk.format("{method}", "{path}", headers, {lua_body})
   end
 end
 request = function()
@@ -154,7 +176,9 @@ done = function(summary, latency, requests)
     summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
     latency:percentile(50), latency:percentile(99)))
 end
-"#
+"#,
+        method = if body.is_some() { "POST" } else { "GET" },
+        lua_body = body.map_or("nil".to_string(), |b| format!("[[{b}]]")),
     )
 }
 
@@ -356,13 +380,23 @@ fn main() -> Result<()> {
     let scripts = options.out.join("scripts");
     std::fs::create_dir_all(&scripts)?;
     let routes = [
-        ("direct response", "/v1/direct/chat"),
-        ("proxied", "/v1/proxied/chat"),
+        ("direct response", "/v1/direct/chat", None),
+        ("proxied", "/v1/proxied/chat", None),
+        (
+            "direct response, JSON body",
+            "/v1/direct/chat",
+            Some(bench::CHAT_BODY),
+        ),
+        (
+            "proxied, streamed answer (SSE)",
+            "/v1/proxied/stream",
+            Some(bench::CHAT_BODY),
+        ),
     ];
     let mut script_paths = Vec::new();
-    for (i, (_, path)) in routes.iter().enumerate() {
+    for (i, (_, path, body)) in routes.iter().enumerate() {
         let file = scripts.join(format!("route-{i}.lua"));
-        std::fs::write(&file, wrk_script(path))?;
+        std::fs::write(&file, wrk_script(path, *body))?;
         script_paths.push(file);
     }
 
@@ -371,7 +405,7 @@ fn main() -> Result<()> {
     let mut results: BTreeMap<(usize, usize), Vec<WrkResult>> = BTreeMap::new();
     for round in 1..=options.rounds {
         for (s, run) in running.iter().enumerate() {
-            for (r, (route, _)) in routes.iter().enumerate() {
+            for (r, (route, _, _)) in routes.iter().enumerate() {
                 let cpu_before = cpu_time(run.envoy.pid());
                 let mut result = wrk(&options, &script_paths[r], run.envoy.listener)
                     .with_context(|| format!("'{}', {route}", run.subject.name))?;
@@ -403,7 +437,7 @@ fn main() -> Result<()> {
     let envoy_index = 0;
     let floor_index = 1;
     let mut rows = Vec::new();
-    for (r, (route, _)) in routes.iter().enumerate() {
+    for (r, (route, _, _)) in routes.iter().enumerate() {
         for (s, run) in running.iter().enumerate() {
             let all = results.get(&(s, r)).map(Vec::as_slice).unwrap_or_default();
             let rps_value = median_rps(s, r);

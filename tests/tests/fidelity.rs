@@ -113,6 +113,8 @@ fn shipped_test_cases_decide_identically_in_envoy_and_policy_host() {
         "cheapest-live.test.yaml",
         "hybrid-burst.test.yaml",
         "data-gravity.test.yaml",
+        // The request body: routing by the model, and bodies refused.
+        "model-routing.test.yaml",
     ] {
         let path = repo_root().join("policies").join(test_file);
         let tests: TestFile =

@@ -75,7 +75,8 @@ bench-reload: wasm
 # Fuzzing with libFuzzer (libfuzzer-sys) on the stable toolchain: the fuzz
 # crate is built by plain cargo with the coverage instrumentation cargo-fuzz
 # would add (no sanitizer, which needs nightly; safe Rust needs none).
-# Targets: the policy loader, one CEL expression, the decision path.
+# Targets: the policy loader, one CEL expression, the decision path, the live
+# signal parsers, and the inference parsers (request bodies, usage in responses).
 FUZZ_TARGETS := load expression decide signals inference
 HOST         := $(shell rustc -vV | sed -n 's/^host: //p')
 FUZZ_BIN     := fuzz/target/$(HOST)/release

@@ -62,6 +62,21 @@ impl Router {
         self.live_view().map_or(0, |view| view.epoch)
     }
 
+    /// A live number of `cluster` in the current snapshot, when the policy
+    /// reads that field and the value is fresh (such as the feed's
+    /// `price_per_1k_tokens`, which usage is then charged at).
+    pub fn live_number(&self, cluster: &str, field: &str) -> Option<f64> {
+        let view = self.live_view()?;
+        let index = self.policy.cluster_names().position(|c| c == cluster)?;
+        let (_, value) = view.read.get(index)?.iter().find(|(f, _)| f == field)?;
+        match value {
+            cel::Value::Float(f) => Some(*f),
+            cel::Value::Int(i) => Some(*i as f64),
+            cel::Value::UInt(u) => Some(*u as f64),
+            _ => None,
+        }
+    }
+
     fn live_view(&self) -> Option<Arc<LiveView>> {
         if !self.policy.reads_live {
             return None;

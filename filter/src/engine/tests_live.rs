@@ -298,3 +298,28 @@ fn a_snapshot_that_changes_nothing_the_policy_reads_keeps_the_cache() {
     whole.set_live(&health(true, true).set("aws", "latency_ms", Value::Float(1.0)));
     assert_eq!(whole.live_epoch(), before + 1);
 }
+
+#[test]
+fn a_live_number_is_given_only_for_a_field_the_policy_reads() {
+    let r = router(
+        "clusters: {aws: {}, gcp: {}}\nrules:\n  - name: short\n    order_by: 'has(cluster.live.queue_depth) ? cluster.live.queue_depth : 0'\n",
+    );
+    assert_eq!(r.live_number("aws", "queue_depth"), None, "no snapshot yet");
+    r.set_live(
+        &LiveSnapshot::new()
+            .set("aws", "queue_depth", Value::Int(7))
+            .set("gcp", "latency_ms", Value::Float(12.5)),
+    );
+    assert_eq!(r.live_number("aws", "queue_depth"), Some(7.0));
+    assert_eq!(r.live_number("gcp", "queue_depth"), None, "absent for gcp");
+    assert_eq!(
+        r.live_number("gcp", "latency_ms"),
+        None,
+        "not read by the policy"
+    );
+    assert_eq!(
+        r.live_number("azure", "queue_depth"),
+        None,
+        "not in the inventory"
+    );
+}

@@ -263,8 +263,10 @@ impl Request {
         let policy = loaded.router.policy();
         let mut metrics = metrics.borrow_mut();
         let usage = counting.scanner.as_ref().and_then(UsageScanner::usage);
-        let price = policy
-            .cluster_number(&counting.cluster, "price_per_1k_tokens")
+        // The live price when the policy reads one and it is fresh, else the list price.
+        let price = (loaded.router)
+            .live_number(&counting.cluster, "price_per_1k_tokens")
+            .or_else(|| policy.cluster_number(&counting.cluster, "price_per_1k_tokens"))
             .unwrap_or(0.0);
         let egress = policy
             .cluster_number(&counting.cluster, "egress_per_gb")

@@ -75,7 +75,7 @@ fn worker(
                     format!(
                         "{} {}",
                         reply.header("x-celroute-decision").unwrap_or_default(),
-                        reply.body.chars().take(160).collect::<String>()
+                        reply.body.chars().take(400).collect::<String>()
                     )
                 }),
             },

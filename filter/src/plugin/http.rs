@@ -10,7 +10,7 @@ use proxy_wasm::types::{Action, BufferType, MapType};
 
 use super::host::ProxyHost;
 use super::live::{now_ms, Live};
-use super::metrics::Metrics;
+use super::metrics::{stat_name, Metrics};
 use super::report::report;
 use super::spend;
 use super::{log, Loaded};
@@ -559,27 +559,6 @@ impl Counting {
 fn micros(amount: f64) -> u64 {
     // A float-to-int `as` saturates; NaN becomes 0.
     (amount * 1e6).round() as u64
-}
-
-/// A header value as a stat name segment: at most 64 of its letters,
-/// digits, `-` and `_`, each other byte as `_`.
-pub(super) fn stat_name(value: &[u8]) -> String {
-    let name: String = value
-        .iter()
-        .take(64)
-        .map(|&b| {
-            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-                char::from(b)
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if name.is_empty() {
-        "empty".into()
-    } else {
-        name
-    }
 }
 
 /// `cluster=gcp-europe-west4; rule=reasoning; policy=<version>`

@@ -142,3 +142,24 @@ impl Metrics {
         self.count_named(("celroute.decisions", "rule"), &decision.rule, 1);
     }
 }
+
+/// A header value as a stat name segment: at most 64 of its letters,
+/// digits, `-` and `_`, each other byte as `_`.
+pub(super) fn stat_name(value: &[u8]) -> String {
+    let name: String = value
+        .iter()
+        .take(64)
+        .map(|&b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                char::from(b)
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.is_empty() {
+        "empty".into()
+    } else {
+        name
+    }
+}

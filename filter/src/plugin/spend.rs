@@ -9,7 +9,7 @@
 
 use proxy_wasm::hostcalls;
 
-use super::http::stat_name;
+use super::metrics::stat_name;
 use crate::engine::SpendBudget;
 
 const PREFIX: &str = "celroute.budget.v1/";

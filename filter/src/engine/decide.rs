@@ -512,14 +512,7 @@ fn unit_hash(key: &str, cluster: &str) -> f64 {
 
 /// Orders two sort keys: numbers with numbers (int, uint and double mixed), strings with strings.
 fn compare(a: &Value, b: &Value) -> Option<Ordering> {
-    fn number(v: &Value) -> Option<f64> {
-        match v {
-            Value::Int(i) => Some(*i as f64),
-            Value::UInt(u) => Some(*u as f64),
-            Value::Float(f) => Some(*f),
-            _ => None,
-        }
-    }
+    use super::inventory::number;
     match (a, b) {
         (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
         _ => number(a)?.partial_cmp(&number(b)?),

@@ -102,6 +102,16 @@ pub(crate) fn cost_inventory(clusters: &[(String, Value)]) -> cost::Inventory {
 }
 
 /// A CEL value in the interpreter's own representation.
+/// A CEL number (int, uint or double) as a double; `None` for anything else.
+pub(crate) fn number(value: &Value) -> Option<f64> {
+    match value {
+        Value::Int(i) => Some(*i as f64),
+        Value::UInt(u) => Some(*u as f64),
+        Value::Float(f) => Some(*f),
+        _ => None,
+    }
+}
+
 pub(crate) fn to_val(value: Value) -> Box<dyn cel::common::value::Val> {
     // Inventory values are built from JSON: null, bool, numbers, strings,
     // lists and maps with string keys, all of which convert.

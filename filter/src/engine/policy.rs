@@ -243,15 +243,8 @@ impl Policy {
         let Value::Map(map) = &cluster.attributes else {
             return None;
         };
-        match map
-            .map
-            .get(&cel::objects::Key::String(Arc::new(attribute.to_string())))?
-        {
-            Value::Float(f) => Some(*f),
-            Value::Int(i) => Some(*i as f64),
-            Value::UInt(u) => Some(*u as f64),
-            _ => None,
-        }
+        let key = cel::objects::Key::String(Arc::new(attribute.to_string()));
+        super::inventory::number(map.map.get(&key)?)
     }
     /// Reads `request.body`: each request is held until its body is complete.
     pub fn reads_body(&self) -> bool {

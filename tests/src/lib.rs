@@ -3,7 +3,8 @@
 
 pub mod bench;
 pub mod bench_envoy;
-pub mod clouds;
+pub use celroute_sim as clouds;
+pub mod compose;
 pub mod ecds;
 pub mod envoy;
 pub mod http;

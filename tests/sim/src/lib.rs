@@ -10,6 +10,12 @@
 //! (or inputs), and `max_tokens` completion tokens (3 by default). Any other
 //! request gets a small JSON description. Every response carries
 //! `x-served-by: <cloud>`.
+//!
+//! `/sim/control` is the simulator's own switchboard, answered even while the
+//! cloud is down: `GET` returns its counters, `POST` with a JSON object
+//! changes any of `down`, `delay_ms`, `queue_depth`, `kv_cache_permille` and
+//! `load_report` (a string, or null for none). The demos use it from outside
+//! a container; a real inference server has no such path.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -90,6 +96,137 @@ impl Control {
     }
 }
 
+/// One validated change to a cloud's settings.
+type Step = Box<dyn Fn(&Control)>;
+
+/// The path of a simulated cloud's switchboard.
+pub const CONTROL_PATH: &str = "/sim/control";
+
+impl Control {
+    /// The counters and settings, as `GET /sim/control` reports them.
+    pub fn report(&self) -> serde_json::Value {
+        let load = |a: &AtomicU64| a.load(Ordering::SeqCst);
+        serde_json::json!({
+            "down": self.down.load(Ordering::SeqCst),
+            "delay_ms": load(&self.delay_ms),
+            "queue_depth": load(&self.queue_depth),
+            "kv_cache_permille": load(&self.kv_cache_permille),
+            "load_report": self.load_report.lock().ok().and_then(|r| r.clone()),
+            "served": load(&self.served),
+            "refused": load(&self.refused),
+            "prompt_tokens": load(&self.prompt_tokens),
+            "completion_tokens": load(&self.completion_tokens),
+        })
+    }
+
+    /// Applies the settings `change` names; an unknown name or a value of
+    /// the wrong type is refused, and then nothing changes.
+    pub fn apply(&self, change: &serde_json::Value) -> Result<(), String> {
+        let serde_json::Value::Object(fields) = change else {
+            return Err("expected a JSON object".into());
+        };
+        let number = |name: &str, v: &serde_json::Value| {
+            v.as_u64()
+                .ok_or_else(|| format!("'{name}' must be a whole number, not {v}"))
+        };
+        let mut steps: Vec<Step> = Vec::new();
+        for (name, value) in fields {
+            match name.as_str() {
+                "down" => {
+                    let down = value
+                        .as_bool()
+                        .ok_or_else(|| format!("'down' must be true or false, not {value}"))?;
+                    steps.push(Box::new(move |c| c.set_down(down)));
+                }
+                "delay_ms" => {
+                    let n = number(name, value)?;
+                    steps.push(Box::new(move |c| c.set_delay_ms(n)));
+                }
+                "queue_depth" => {
+                    let n = number(name, value)?;
+                    steps.push(Box::new(move |c| c.queue_depth.store(n, Ordering::SeqCst)));
+                }
+                "kv_cache_permille" => {
+                    let n = number(name, value)?;
+                    steps.push(Box::new(move |c| {
+                        c.kv_cache_permille.store(n, Ordering::SeqCst)
+                    }));
+                }
+                "load_report" => {
+                    let report = match value {
+                        serde_json::Value::Null => None,
+                        serde_json::Value::String(s) => Some(s.clone()),
+                        other => {
+                            return Err(format!(
+                                "'load_report' must be a string or null, not {other}"
+                            ))
+                        }
+                    };
+                    steps.push(Box::new(move |c| c.set_load_report(report.as_deref())));
+                }
+                other => {
+                    return Err(format!(
+                        "unknown setting '{other}'; known: down, delay_ms, queue_depth, kv_cache_permille, load_report"
+                    ))
+                }
+            }
+        }
+        for step in steps {
+            step(self);
+        }
+        Ok(())
+    }
+}
+
+async fn answer_control(control: &Control, request: Request<Incoming>) -> Response<Body> {
+    let method = request.method().clone();
+    let reply = |status: u16, body: serde_json::Value| {
+        let mut response = Response::new(full(body.to_string()));
+        *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+        response.headers_mut().insert(
+            "content-type",
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        response
+    };
+    if method == hyper::Method::GET {
+        return reply(200, control.report());
+    }
+    if method != hyper::Method::POST {
+        return reply(405, serde_json::json!({"error": "use GET or POST"}));
+    }
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let change = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(change) => change,
+        Err(e) => {
+            return reply(
+                400,
+                serde_json::json!({"error": format!("invalid JSON: {e}")}),
+            )
+        }
+    };
+    match control.apply(&change) {
+        Ok(()) => reply(200, control.report()),
+        Err(e) => reply(400, serde_json::json!({"error": e})),
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM (what `docker stop` sends to a container's
+/// first process).
+pub async fn until_stopped() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
 /// Milliseconds since the epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -166,6 +303,9 @@ async fn answer(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, Outage> {
     let control = &state.control;
+    if request.uri().path() == CONTROL_PATH {
+        return Ok(answer_control(control, request).await);
+    }
     if control.down.load(Ordering::SeqCst) {
         control.refuse(request.headers().contains_key(ROUTING_HEADER));
         return Err(Outage);
@@ -476,6 +616,36 @@ impl Feed {
     }
 }
 
+/// `PUT` on the feed replaces its document (served with status 200) with
+/// the body, which must be JSON; the filter decides whether it is a good
+/// feed document.
+async fn replace_feed_document(
+    state: &Mutex<FeedState>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let (status, text) = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Err(e) => (400, format!("{{\"error\": \"invalid JSON: {e}\"}}")),
+        Ok(_) => match state.lock() {
+            Ok(mut s) => {
+                s.status = 200;
+                s.body = String::from_utf8_lossy(&body).into_owned();
+                s.down = false;
+                (200, s.body.clone())
+            }
+            Err(_) => (500, "{}".to_string()),
+        },
+    };
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or_default();
+    response
+}
+
 pub async fn serve_feed(address: SocketAddr) -> Result<Feed> {
     let listener = TcpListener::bind(address)
         .await
@@ -497,9 +667,12 @@ pub async fn serve_feed(address: SocketAddr) -> Result<Feed> {
             };
             let state = state.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |_request: Request<Incoming>| {
+                let service = service_fn(move |request: Request<Incoming>| {
                     let state = state.clone();
                     async move {
+                        if request.method() == hyper::Method::PUT {
+                            return Ok(replace_feed_document(&state, request).await);
+                        }
                         let Ok(mut s) = state.lock() else {
                             return Err(Outage);
                         };
@@ -522,24 +695,66 @@ pub async fn serve_feed(address: SocketAddr) -> Result<Feed> {
     Ok(feed)
 }
 
-/// Parses `name=port` arguments into listen addresses on 127.0.0.1.
+/// Parses `NAME=PORT` (on 127.0.0.1) or `NAME=ADDRESS:PORT` arguments into
+/// listen addresses.
 pub fn parse_specs(specs: &[String]) -> Result<Vec<(String, SocketAddr)>> {
     let mut out: BTreeMap<String, SocketAddr> = BTreeMap::new();
     for spec in specs {
-        let (name, port) = spec.split_once('=').with_context(|| {
-            format!("'{spec}': expected NAME=PORT, such as aws-us-east-1=18001")
+        let (name, at) = spec.split_once('=').with_context(|| {
+            format!(
+                "'{spec}': expected NAME=PORT or NAME=ADDRESS:PORT, such as aws-us-east-1=18001"
+            )
         })?;
-        let port: u16 = port
-            .parse()
-            .with_context(|| format!("'{spec}': '{port}' is not a port number"))?;
-        out.insert(name.to_string(), SocketAddr::from(([127, 0, 0, 1], port)));
+        out.insert(
+            name.to_string(),
+            parse_address(at).with_context(|| format!("'{spec}'"))?,
+        );
     }
     Ok(out.into_iter().collect())
+}
+
+/// `PORT` (on 127.0.0.1) or `ADDRESS:PORT`.
+pub fn parse_address(at: &str) -> Result<SocketAddr> {
+    if let Ok(port) = at.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    at.parse().with_context(|| {
+        format!("'{at}' is neither a port number nor an address such as 0.0.0.0:8000")
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn specs_take_ports_or_addresses() {
+        let specs = ["aws=18001".to_string(), "gcp=0.0.0.0:8000".to_string()];
+        let parsed = parse_specs(&specs).expect("valid");
+        assert_eq!(parsed[0].1, SocketAddr::from(([127, 0, 0, 1], 18001)));
+        assert_eq!(parsed[1].1, SocketAddr::from(([0, 0, 0, 0], 8000)));
+        let error = parse_specs(&["aws=cloud".to_string()]).expect_err("invalid");
+        assert!(
+            format!("{error:#}").contains("'cloud' is neither a port number"),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn control_changes_all_or_nothing() {
+        let control = Control::default();
+        control
+            .apply(&serde_json::json!({"queue_depth": 40, "down": true}))
+            .expect("valid");
+        assert_eq!(control.report()["queue_depth"], 40);
+        assert_eq!(control.report()["down"], true);
+        let error = control
+            .apply(&serde_json::json!({"queue_depth": 5, "delay": 3}))
+            .expect_err("unknown setting");
+        assert!(error.contains("unknown setting 'delay'"), "{error}");
+        assert_eq!(control.report()["queue_depth"], 40, "nothing changed");
+        assert!(control.apply(&serde_json::json!({"down": "yes"})).is_err());
+    }
 
     #[test]
     fn base64_as_rfc_4648() {

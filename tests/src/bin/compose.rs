@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use celroute_tests::compose::{self, Compose, Load, Phase};
 use celroute_tests::repo_root;
 
@@ -64,7 +64,8 @@ fn test() -> Result<()> {
     let _ = compose.down();
     let result = up(&compose)
         .and_then(|_| scenarios(&compose, true))
-        .and_then(|_| prometheus_saw_the_fleet());
+        .and_then(|_| prometheus_saw_the_fleet())
+        .and_then(|_| oci_image_holds_the_module());
     if result.is_err() {
         if let Ok(logs) = compose.run(&["logs", "--tail", "40"]) {
             eprintln!("{logs}");
@@ -291,6 +292,69 @@ fn scenarios(compose: &Compose, check: bool) -> Result<()> {
             checks.failures.len(),
             checks.failures.join("\n  ")
         );
+    }
+    Ok(())
+}
+
+fn run(program: &str, args: &[&str]) -> Result<String> {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !output.status.success() {
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// `make oci`'s image: one layer, holding plugin.wasm, byte for byte the
+/// module, whose sha256 its label documents.
+fn oci_image_holds_the_module() -> Result<()> {
+    let tag = "celroute/celroute-wasm:compose-test";
+    let wasm = wasm();
+    let wasm_path = wasm.to_string_lossy().to_string();
+    let built = run(
+        &repo_root().join("deploy/images/build.sh").to_string_lossy(),
+        &["oci", &wasm_path, tag],
+    )?;
+    let sha = run("sha256sum", &[&wasm_path])?
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&run("docker", &["image", "inspect", tag])?)?;
+    let image = &inspect[0];
+    let layers = image["RootFS"]["Layers"].as_array().map_or(0, Vec::len);
+    let label = image["Config"]["Labels"]["io.celroute.module.sha256"]
+        .as_str()
+        .unwrap_or_default();
+    let container = run("docker", &["create", tag, "/plugin.wasm"])?;
+    let copy = std::env::temp_dir().join(format!("celroute-oci-{}.wasm", std::process::id()));
+    let copied = run(
+        "docker",
+        &[
+            "cp",
+            &format!("{container}:/plugin.wasm"),
+            &copy.to_string_lossy(),
+        ],
+    );
+    let _ = run("docker", &["rm", &container]);
+    copied?;
+    let same = std::fs::read(&copy)? == std::fs::read(&wasm)?;
+    let _ = std::fs::remove_file(&copy);
+    let _ = run("docker", &["rmi", tag]);
+    println!(
+        "OCI image: {built}; {layers} layer, {} bytes, plugin.wasm {} the module",
+        image["Size"],
+        if same { "is" } else { "IS NOT" }
+    );
+    if layers != 1 || label != sha || !same || !built.ends_with(&format!("sha256:{sha}")) {
+        bail!("the OCI image does not hold the module as documented: {layers} layers, label {label}, module sha256 {sha}, same bytes {same}");
     }
     Ok(())
 }

@@ -5,6 +5,9 @@
 //! as celroute would run them: the policy they carry loads and decides in
 //! the real filter, and the routes match the policy's inventory.
 
+// Test helpers may fail loudly: a failure here is a failed test.
+#![allow(clippy::expect_used, clippy::panic, clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -363,14 +363,9 @@ fn oci_image_holds_the_module() -> Result<()> {
 fn prometheus_saw_the_fleet() -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let queries = [
-        (
-            "decisions",
-            "sum({__name__=~\"celroute_decisions_cluster_.+\"})",
-        ),
-        (
-            "prompt tokens",
-            "sum({__name__=~\"celroute_usage_prompt_tokens_cluster_.+\"})",
-        ),
+        ("decisions", "sum(celroute_decisions_by_cloud)"),
+        ("tokens", "sum(celroute_tokens_by_cloud)"),
+        ("spend", "sum(celroute_spend_by_cloud)"),
         ("replicas scraped", "count(up{job=\"envoy\"} == 1)"),
         ("clouds scraped", "count(vllm:num_requests_waiting)"),
     ];
@@ -385,7 +380,11 @@ fn prometheus_saw_the_fleet() -> Result<()> {
             .map(|(w, v)| format!("{w} {v}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let ok = values[0].1 > 0.0 && values[1].1 > 0.0 && values[2].1 == 2.0 && values[3].1 >= 3.0;
+        let ok = values[0].1 > 0.0
+            && values[1].1 > 0.0
+            && values[2].1 > 0.0
+            && values[3].1 == 2.0
+            && values[4].1 >= 3.0;
         if ok {
             println!("Prometheus: {last}");
             return Ok(());

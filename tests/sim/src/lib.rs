@@ -96,6 +96,16 @@ impl Control {
     }
 }
 
+/// A request's whole body (empty if it could not be read).
+async fn body_bytes(request: Request<Incoming>) -> Bytes {
+    request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default()
+}
+
 /// One validated change to a cloud's settings.
 type Step = Box<dyn Fn(&Control)>;
 
@@ -195,12 +205,7 @@ async fn answer_control(control: &Control, request: Request<Incoming>) -> Respon
     if method != hyper::Method::POST {
         return reply(405, serde_json::json!({"error": "use GET or POST"}));
     }
-    let body = request
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = body_bytes(request).await;
     let change = match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(change) => change,
         Err(e) => {
@@ -325,12 +330,7 @@ async fn answer(
         .get(ROUTING_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = request
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = body_bytes(request).await;
     let cloud = &state.name;
     if method == "GET" && path == "/metrics" {
         let text = format!(
@@ -623,12 +623,7 @@ async fn replace_feed_document(
     state: &Mutex<FeedState>,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let body = request
-        .into_body()
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let body = body_bytes(request).await;
     let (status, text) = match serde_json::from_slice::<serde_json::Value>(&body) {
         Err(e) => (400, format!("{{\"error\": \"invalid JSON: {e}\"}}")),
         Ok(_) => match state.lock() {

@@ -112,6 +112,14 @@ impl Checks {
             self.failures.push(what);
         }
     }
+    fn everyone_on_premises_through_both_replicas(&mut self, phase: &Phase) {
+        self.at_least(phase, "EU", "onprem-fra", 0.95);
+        self.at_least(phase, "US", "onprem-fra", 0.95);
+        self.expect(
+            phase.replicas.len() == 2,
+            format!("both replicas answer: {:?}", phase.replicas),
+        );
+    }
     fn at_least(&mut self, phase: &Phase, group: &str, cloud: &str, share: f64) {
         let got = phase.share(group, cloud);
         self.expect(
@@ -157,12 +165,7 @@ fn scenarios(compose: &Compose, check: bool) -> Result<()> {
 
     let phase = measure(&load, 2.0, 3.0);
     show("1. all clouds up, on-premises has room", &phase);
-    checks.at_least(&phase, "EU", "onprem-fra", 0.95);
-    checks.at_least(&phase, "US", "onprem-fra", 0.95);
-    checks.expect(
-        phase.replicas.len() == 2,
-        format!("both replicas answer: {:?}", phase.replicas),
-    );
+    checks.everyone_on_premises_through_both_replicas(&phase);
     all.push(phase);
 
     compose::control_cloud("onprem", serde_json::json!({"queue_depth": 50}))?;
@@ -254,12 +257,7 @@ fn scenarios(compose: &Compose, check: bool) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    checks.at_least(&phase, "EU", "onprem-fra", 0.95);
-    checks.at_least(&phase, "US", "onprem-fra", 0.95);
-    checks.expect(
-        phase.replicas.len() == 2,
-        format!("both replicas answer: {:?}", phase.replicas),
-    );
+    checks.everyone_on_premises_through_both_replicas(&phase);
     all.push(phase);
 
     // Back to the start: the cloud, its queue, the prices and the policy.

@@ -39,6 +39,8 @@ pub struct Exchange {
     pub contexts: Vec<u32>,
     /// Properties the guest set.
     pub set_properties: HashMap<Vec<String>, Vec<u8>>,
+    /// Properties answered as given, whatever the request implies.
+    pub given_properties: HashMap<Vec<String>, Option<Vec<u8>>>,
     /// The status of the response, once there is one.
     pub response_code: Option<u16>,
     /// The cluster that answered, once one did.
@@ -94,6 +96,7 @@ impl Exchange {
                 .unwrap_or_else(|| "127.0.0.1:10000".into()),
             mtls: spec.mtls.clone(),
             connection_id: request_number,
+            given_properties: spec.properties.iter().cloned().collect(),
             ..Exchange::default()
         }
     }
@@ -117,6 +120,9 @@ impl Exchange {
     pub fn property(&self, path: &[String]) -> Option<Vec<u8>> {
         if let Some(value) = self.set_properties.get(path) {
             return Some(value.clone());
+        }
+        if let Some(value) = self.given_properties.get(path) {
+            return value.clone();
         }
         let path: Vec<&str> = path.iter().map(String::as_str).collect();
         let int = |v: i64| Some(v.to_le_bytes().to_vec());

@@ -8,6 +8,7 @@
 //! - [`policy`]: one policy in the filter; decisions as the filter reports them.
 //! - [`testing`] and [`report`]: test files, coverage and output formats.
 //! - [`publish`]: validated, atomic publication of a policy to Envoy's ECDS.
+//! - [`replay`]: logged requests decided again with another policy.
 
 pub mod abi;
 pub mod clock;
@@ -17,6 +18,7 @@ pub mod exchange;
 pub mod expect;
 pub mod policy;
 pub mod publish;
+pub mod replay;
 pub mod report;
 pub mod request;
 pub mod scripted;

@@ -36,6 +36,10 @@ enum Command {
     /// Validate and test a policy, then write it as an ECDS resource into the
     /// directory a running Envoy watches (atomically: temporary file, rename).
     Publish(commands::publish::PublishArgs),
+    /// Decide logged requests (access-log decision records) again with a
+    /// new policy: traffic per cluster before and after, moves, denials,
+    /// cost and constraints.
+    Replay(commands::replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,5 +78,6 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Eval(args) => commands::eval::run(&module, args),
         Command::Check(args) => commands::check::run(&module, args),
         Command::Publish(args) => commands::publish::run(&module, &wasm, args),
+        Command::Replay(args) => commands::replay::run(&module, args),
     }
 }

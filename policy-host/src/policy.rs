@@ -5,6 +5,7 @@
 //! description and decision reports (the `celroute_report` foreign
 //! function), its log lines, its header changes and local replies.
 
+use celroute::engine::decision_log::DECISION_PROPERTY;
 use celroute::engine::{Decision, Outcome, PolicyDescription, PolicyError};
 
 use crate::abi::LogLine;
@@ -68,6 +69,9 @@ pub struct Evaluation {
     /// The local reply body, for denials.
     pub body: Option<String>,
     pub logs: Vec<LogLine>,
+    /// The decision record the filter handed to the access log, when the
+    /// policy keeps one (`options.decision_log`).
+    pub record: Option<String>,
 }
 
 /// A policy loaded into a filter VM; a VM that faults is replaced before the next request.
@@ -146,10 +150,15 @@ impl<'m> LoadedPolicy<'m> {
             .local_response
             .as_ref()
             .map(|r| String::from_utf8_lossy(&r.body).into_owned());
+        let log_record = record
+            .properties
+            .get(&vec![DECISION_PROPERTY.to_string()])
+            .map(|bytes| String::from_utf8_lossy(bytes).into_owned());
         Ok(Evaluation {
             decision,
             body,
             logs: record.logs,
+            record: log_record,
         })
     }
 }

@@ -36,6 +36,11 @@ pub struct RequestSpec {
     /// (with `content-type: application/json` unless the headers name one).
     #[serde(default)]
     pub body: Option<BodySpec>,
+    /// Properties answered as given (`None`: not found), before those the
+    /// request implies: what a request cannot carry, such as
+    /// `request.time` or `connection.id`, when a replay restores them.
+    #[serde(skip)]
+    pub properties: Vec<(Vec<String>, Option<Vec<u8>>)>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

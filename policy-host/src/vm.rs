@@ -283,6 +283,8 @@ pub struct RequestRecord {
     pub route_cache_clears: u32,
     pub reports: Vec<serde_json::Value>,
     pub logs: Vec<LogLine>,
+    /// Properties the filter set (its decision and usage records among them).
+    pub properties: std::collections::HashMap<Vec<String>, Vec<u8>>,
 }
 
 impl Vm {
@@ -411,6 +413,7 @@ impl Vm {
             route_cache_clears: std::mem::take(&mut state.route_cache_clears),
             reports: std::mem::take(&mut state.reports),
             logs: std::mem::take(&mut state.logs),
+            properties: exchange.set_properties,
         };
         state.exchange.contexts = vec![ROOT];
         Ok(record)

@@ -253,6 +253,57 @@ impl Fetched {
         }
     }
 
+    /// The values read, as a decision record holds them (`null` for an
+    /// absent one), less those `log` redacts.
+    pub(crate) fn read_values(
+        &self,
+        needs: &AttributeNeeds,
+        log: &super::decision_log::DecisionLog,
+    ) -> super::decision_log::ReadValues {
+        use super::decision_log::header_path;
+        use serde_json::Value as Json;
+        let mut read = super::decision_log::ReadValues::default();
+        let mut slots = self.slots.iter();
+        let lossy = |raw: &[u8]| Json::String(String::from_utf8_lossy(raw).into_owned());
+        for &i in &needs.attributes {
+            let (root, field, kind) = CATALOG[i];
+            match (kind, &needs.headers) {
+                (Kind::Headers, Some(HeaderNeeds::Named(names))) => {
+                    for name in names {
+                        let value = slots.next().and_then(Option::as_deref).map_or(Json::Null, lossy);
+                        read.put(log, header_path(name), value);
+                    }
+                }
+                (Kind::Headers, _) => {
+                    let mut map = serde_json::Map::new();
+                    for (name, raw) in self.all_headers.iter().flatten() {
+                        let name = name.to_ascii_lowercase();
+                        if log.redacts(&header_path(&name)) {
+                            if !map.contains_key(&name) {
+                                read.redacted.push(header_path(&name));
+                            }
+                            map.insert(name, Json::Null);
+                            continue;
+                        }
+                        map.entry(name).or_insert_with(|| lossy(raw));
+                    }
+                    map.retain(|_, v| !v.is_null());
+                    read.values.insert(format!("{root}.{field}"), Json::Object(map));
+                }
+                _ => {
+                    let raw = slots.next().and_then(Option::as_deref);
+                    let value = raw.map_or(Json::Null, |raw| record_value(kind, raw));
+                    read.put(log, format!("{root}.{field}"), value);
+                }
+            }
+        }
+        for ((name, _), spent) in needs.budgets.iter().zip(&self.spent) {
+            let spent = serde_json::Number::from_f64(*spent).map_or(Json::Null, Json::Number);
+            read.values.insert(format!("budget.{name}"), spent);
+        }
+        read
+    }
+
     /// The values as CEL sees them.
     pub(crate) fn into_attributes(self, needs: &AttributeNeeds) -> Attributes {
         let mut maps: [HashMap<Key, Value>; 4] = Default::default();
@@ -312,6 +363,33 @@ fn text(raw: Vec<u8>) -> Value {
     match String::from_utf8(raw) {
         Ok(s) => Value::String(Arc::new(s)),
         Err(e) => Value::String(Arc::new(String::from_utf8_lossy(e.as_bytes()).into_owned())),
+    }
+}
+
+/// One attribute's raw value as a decision record holds it: text as a
+/// string, numbers and booleans as JSON's, a timestamp in RFC 3339 with
+/// nanoseconds, `request.body` as its summary; `null` when undecodable.
+fn record_value(kind: Kind, raw: &[u8]) -> serde_json::Value {
+    use serde_json::Value as Json;
+    let eight = || -> Option<[u8; 8]> { raw.get(..8).and_then(|b| b.try_into().ok()) };
+    match kind {
+        Kind::String | Kind::Headers => Json::String(String::from_utf8_lossy(raw).into_owned()),
+        Kind::Int => eight().map_or(Json::Null, |b| i64::from_le_bytes(b).into()),
+        Kind::UInt => eight().map_or(Json::Null, |b| u64::from_le_bytes(b).into()),
+        Kind::Bool => raw.first().map_or(Json::Null, |b| Json::Bool(*b != 0)),
+        Kind::Body => serde_json::from_slice(raw).unwrap_or(Json::Null),
+        Kind::Timestamp => eight()
+            .and_then(|b| {
+                let nanos = i64::from_le_bytes(b);
+                chrono::DateTime::from_timestamp(
+                    nanos.div_euclid(1_000_000_000),
+                    // in 0..1e9, so the cast is lossless
+                    nanos.rem_euclid(1_000_000_000) as u32,
+                )
+            })
+            .map_or(Json::Null, |t| {
+                Json::String(t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+            }),
     }
 }
 

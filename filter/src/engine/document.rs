@@ -191,6 +191,20 @@ pub struct OptionsDocument {
     /// Raises or lowers the limits on what the policy may cost.
     #[serde(default)]
     pub limits: Option<LimitsDocument>,
+    /// Hands each decision to Envoy's access log (docs/decision-logs.md);
+    /// off when absent.
+    #[serde(default)]
+    pub decision_log: Option<DecisionLogDocument>,
+}
+
+/// `options.decision_log`: present turns decision records on.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionLogDocument {
+    /// Attributes whose values are never recorded, such as
+    /// `request.headers['authorization']` or `source.address`.
+    #[serde(default)]
+    pub redact: Vec<String>,
 }
 
 /// `options.limits`: each absent key keeps its default (see `limits.rs`).

@@ -14,6 +14,7 @@ pub(crate) mod compile;
 mod cost;
 mod decide;
 mod decision;
+pub mod decision_log;
 mod depth;
 mod document;
 mod error;
@@ -41,7 +42,7 @@ pub use policy::{
     content_version, fnv1a64, LogLevel, Policy, PolicyDescription, RuleDescription, UsageOptions,
     DEFAULT_ROUTING_HEADER,
 };
-pub use router::Router;
+pub use router::{Decided, Router};
 pub use spending::{SpendBudget, SpendUnit, Window};
 
 /// A fixed, recording host for tests and benchmarks (not in the wasm build).

@@ -66,6 +66,8 @@ pub struct Policy {
     pub(crate) usage: Option<UsageOptions>,
     /// `budgets:`.
     pub(crate) budgets: Vec<super::spending::SpendBudget>,
+    /// `options.decision_log`, when decisions are recorded.
+    pub(crate) decision_log: Option<super::decision_log::DecisionLog>,
     pub(crate) version: String,
     pub(crate) programs: usize,
     pub(crate) limits: Limits,
@@ -204,6 +206,10 @@ impl Policy {
     pub fn fallback_header(&self) -> Option<&str> {
         self.fallback_header.as_deref()
     }
+    /// Whether decisions are recorded for the access log (`options.decision_log`).
+    pub fn keeps_decision_log(&self) -> bool {
+        self.decision_log.is_some()
+    }
     pub fn decision_header(&self) -> Option<&str> {
         self.decision_header.as_deref()
     }
@@ -229,8 +235,10 @@ impl Policy {
         &self.budgets
     }
     /// Whether usage is counted: a `usage:` section, or any budget.
+    /// Whether routed requests' usage is read from their responses: for
+    /// `usage:` counters, budgets, or the decision log's usage records.
     pub fn counts_usage(&self) -> bool {
-        self.usage.is_some() || !self.budgets.is_empty()
+        self.usage.is_some() || !self.budgets.is_empty() || self.decision_log.is_some()
     }
     /// How usage is counted, when the policy asks for it (`usage:`).
     pub fn usage(&self) -> Option<&UsageOptions> {
@@ -285,6 +293,9 @@ impl Policy {
                 })
                 .collect(),
             reads: self.referenced_attributes(),
+            reads_budgets: self.needs.budgets.keys().cloned().collect(),
+            reads_live: self.reads_live,
+            decision_log: self.decision_log.is_some(),
         }
     }
 }
@@ -298,6 +309,15 @@ pub struct PolicyDescription {
     pub clusters: Vec<String>,
     pub rules: Vec<RuleDescription>,
     pub reads: Vec<String>,
+    /// The budgets it reads (`budget.<name>`).
+    #[serde(default)]
+    pub reads_budgets: Vec<String>,
+    /// Whether it reads live cluster state (`cluster.live.*`).
+    #[serde(default)]
+    pub reads_live: bool,
+    /// Whether it keeps a decision log (`options.decision_log`).
+    #[serde(default)]
+    pub decision_log: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

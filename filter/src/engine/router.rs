@@ -7,9 +7,18 @@ use std::sync::{Arc, Mutex};
 use super::attributes::{AttributeHost, Fetched};
 use super::cache::{CacheStats, DecisionCache, Served};
 use super::decision::Decision;
+use super::decision_log::{cel_json, decision_record, ReadValues};
 use super::live::LiveSnapshot;
 use super::live_view::LiveView;
 use super::policy::Policy;
+
+/// One decision, how it was served, and its record when one was asked for.
+pub struct Decided {
+    pub decision: Arc<Decision>,
+    pub served: Served,
+    /// The decision record (one JSON line), when the policy keeps a log.
+    pub record: Option<String>,
+}
 
 /// A policy, its decision cache and the live snapshot it decides under.
 pub struct Router {
@@ -82,10 +91,25 @@ impl Router {
     /// Decides one request. Without a trace, the decision comes from the
     /// cache when the same values were decided under the same snapshot.
     pub fn decide(&self, host: &mut dyn AttributeHost, trace: bool) -> (Arc<Decision>, Served) {
+        let decided = self.decide_recorded(host, trace, false);
+        (decided.decision, decided.served)
+    }
+
+    /// Decides one request, as [`Router::decide`], and when `record` is
+    /// set and the policy keeps a decision log, the decision's record.
+    pub fn decide_recorded(
+        &self,
+        host: &mut dyn AttributeHost,
+        trace: bool,
+        record: bool,
+    ) -> Decided {
         let policy = &self.policy;
         let live = self.live_view();
         let fetched = Fetched::fetch(host, &policy.needs);
-        match &self.cache {
+        let read = (policy.decision_log.as_ref())
+            .filter(|_| record)
+            .map(|log| fetched.read_values(&policy.needs, log));
+        let (decision, served) = match &self.cache {
             Some(cache) if !trace => {
                 let epoch = policy
                     .reads_live
@@ -100,7 +124,43 @@ impl Router {
                 let decision = policy.decide_with(&attributes, live.as_deref(), trace);
                 (Arc::new(decision), Served::Evaluated)
             }
+        };
+        let record = read.map(|read| {
+            let live = live.as_deref().map(|view| self.live_record(view));
+            decision_record(policy, &decision, served, read, live, None)
+        });
+        Decided {
+            decision,
+            served,
+            record,
         }
+    }
+
+    /// The record of a decision made without evaluating the policy (a
+    /// request refused for its body, with the body error's `code`), when
+    /// the policy keeps a decision log.
+    pub fn refusal_record(&self, decision: &Decision, code: &str) -> Option<String> {
+        self.policy.decision_log.as_ref()?;
+        Some(decision_record(
+            &self.policy,
+            decision,
+            Served::Evaluated,
+            ReadValues::default(),
+            None,
+            Some(code),
+        ))
+    }
+
+    /// Each cluster's live values the policy read, for a record.
+    fn live_record(&self, view: &LiveView) -> serde_json::Map<String, serde_json::Value> {
+        (self.policy.cluster_names().zip(&view.read))
+            .map(|(cluster, fields)| {
+                let fields = (fields.iter())
+                    .map(|(field, value)| (field.clone(), cel_json(value)))
+                    .collect();
+                (cluster.to_string(), serde_json::Value::Object(fields))
+            })
+            .collect()
     }
 
     /// Decision cache hits and misses since load.

@@ -14,6 +14,7 @@ use super::metrics::{stat_name, Metrics};
 use super::report::report;
 use super::spend;
 use super::{log, Loaded};
+use crate::engine::decision_log::{UsageRecord, DECISION_PROPERTY, USAGE_PROPERTY};
 use crate::engine::{
     error_body, BodyError, BodySummary, Decision, LogLevel, Outcome, Policy, Served, SpendUnit,
 };
@@ -233,10 +234,15 @@ impl Request {
                 now_ms(self.get_current_time()) / 1000
             },
         };
-        let (decision, served) = loaded.router.decide(
+        let decided = loaded.router.decide_recorded(
             &mut host,
             loaded.reporting || policy.log_level() <= LogLevel::Debug,
+            true,
         );
+        let (decision, served) = (decided.decision, decided.served);
+        if let Some(record) = decided.record {
+            set_record(DECISION_PROPERTY, &record);
+        }
         self.observe(loaded, &decision, served, host.fetches);
         let action = match &decision.outcome {
             Outcome::Route { cluster } => {
@@ -268,6 +274,17 @@ impl Request {
             .live_number(&counting.cluster, "price_per_1k_tokens")
             .or_else(|| policy.cluster_number(&counting.cluster, "price_per_1k_tokens"))
             .unwrap_or(0.0);
+        if policy.keeps_decision_log() {
+            let record = UsageRecord {
+                prompt_tokens: usage.map_or(0, |u| u.prompt_tokens),
+                completion_tokens: usage.map_or(0, |u| u.completion_tokens),
+                price_per_1k_tokens: price,
+                bytes_in: counting.bytes_in,
+                bytes_out: counting.bytes_out,
+                reported: usage.is_some(),
+            };
+            set_record(USAGE_PROPERTY, &record.to_json(&counting.cluster));
+        }
         let egress = policy
             .cluster_number(&counting.cluster, "egress_per_gb")
             .unwrap_or(0.0);
@@ -360,6 +377,9 @@ impl Request {
             metrics.borrow_mut().count_body_refused();
         }
         let decision = Arc::new(error.decision());
+        if let Some(record) = loaded.router.refusal_record(&decision, error.code) {
+            set_record(DECISION_PROPERTY, &record);
+        }
         self.observe(loaded, &decision, Served::Evaluated, 0);
         let body = error_body(
             error.status,
@@ -555,6 +575,12 @@ impl Counting {
             budget_keys,
         }
     }
+}
+
+/// Hands a record to the host as a property: Envoy keeps it as the filter
+/// state `wasm.<name>`, which access logs read (docs/decision-logs.md).
+fn set_record(name: &str, record: &str) {
+    let _ = hostcalls::set_property(vec![name], Some(record.as_bytes()));
 }
 
 /// An amount of currency in millionths, rounded (stats are integers).

@@ -4,4 +4,5 @@
 pub mod check;
 pub mod eval;
 pub mod publish;
+pub mod replay;
 pub mod test;

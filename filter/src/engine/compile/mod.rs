@@ -90,6 +90,10 @@ impl Policy {
                 .ok()
         });
         let options = Options::compile(&document.options, &mut errors);
+        let decision_log = super::decision_log::DecisionLog::compile(
+            document.options.decision_log.as_ref(),
+            &mut errors,
+        );
         let usage = document.usage.as_ref().map(|usage| {
             if let Some(name) = &usage.key_header {
                 options::check_header_name("usage.key_header", name, &mut errors);
@@ -152,6 +156,7 @@ impl Policy {
             max_body_bytes: options.max_body_bytes,
             usage,
             budgets,
+            decision_log,
             version: version.to_string(),
             programs,
             limits,

@@ -153,6 +153,28 @@ impl Config {
         Ok(self)
     }
 
+    /// Writes the decision access log (standard output as shipped) to `path`.
+    pub fn with_access_log(mut self, path: &Path) -> Result<Config> {
+        *at(
+            &mut self.yaml,
+            &[
+                "static_resources",
+                "listeners",
+                "0",
+                "filter_chains",
+                "0",
+                "filters",
+                "0",
+                "typed_config",
+                "access_log",
+                "@celroute-decisions",
+                "typed_config",
+                "path",
+            ],
+        )? = Value::from(path.display().to_string());
+        Ok(self)
+    }
+
     /// Moves the listener to [::1], for IPv6 clients.
     pub fn listen_on_ipv6(mut self) -> Result<Config> {
         *at(

@@ -20,6 +20,11 @@ setup: $(ENVOY_STAMP)
 	@# The mTLS tests make certificates with openssl and speak HTTPS with curl.
 	@command -v openssl >/dev/null && command -v curl >/dev/null || \
 	  (apt-get update -qq && apt-get install -y -qq openssl curl)
+	@# The replay report test renders the HTML report in headless Chromium
+	@# and reads the picture back with OCR.
+	@command -v chromium >/dev/null && command -v tesseract >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+	    chromium fonts-dejavu-core tesseract-ocr tesseract-ocr-eng >/dev/null)
 	@# Where Docker runs: Debian's Prometheus, for a local stand-in of the
 	@# official image when no registry can be reached (deploy/images/build.sh).
 	@! command -v docker >/dev/null || [ -x /usr/bin/prometheus ] || \
@@ -102,7 +107,8 @@ oci: wasm
 policy-test: wasm
 	cargo run -q -p policy-host -- test policies --coverage --threshold 100
 
-# policy-host: cases per second on 1,000 test cases.
+# policy-host: cases per second on 1,000 test cases, and replay of 100,000
+# logged requests (policy-host/benches/replay.rs).
 bench: wasm
 	cargo build --release -p policy-host
 	cargo bench -p policy-host

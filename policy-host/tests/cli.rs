@@ -382,3 +382,182 @@ fn check_and_publish_refuse_a_policy_over_a_limit_naming_it() {
     );
     assert_eq!(std::fs::read_dir(live.path()).unwrap().count(), 0);
 }
+
+/// An access log as the shipped configs write it, made by the real filter
+/// deciding `count` requests under policies/eu-residency-cost.yaml: EU and
+/// US users of the tenants acme and globex, half of them asking for reasoning.
+fn decision_log(dir: &Path, count: usize) -> PathBuf {
+    use policy_host::policy::LoadedPolicy;
+    use policy_host::request::{Headers, RequestSpec};
+    let wasm = policy_host::default_wasm_candidates()
+        .into_iter()
+        .find(|p| p.is_file())
+        .expect("celroute.wasm is built");
+    let module = policy_host::vm::FilterModule::load(&wasm).unwrap();
+    let policy = std::fs::read(repo().join("policies/eu-residency-cost.yaml")).unwrap();
+    let mut loaded = LoadedPolicy::load(&module, &policy).unwrap();
+    let mut lines = Vec::new();
+    for i in 0..count {
+        let headers = vec![
+            ("x-user-region".to_string(), ["eu", "us"][i % 2].to_string()),
+            (
+                "x-tenant".to_string(),
+                ["acme", "globex"][(i / 2) % 2].to_string(),
+            ),
+            (
+                "x-task".to_string(),
+                ["reasoning", "chat"][(i / 4) % 2].to_string(),
+            ),
+        ];
+        let spec = RequestSpec {
+            headers: Headers::List(headers),
+            ..RequestSpec::default()
+        };
+        let record = loaded
+            .evaluate(&spec)
+            .unwrap()
+            .record
+            .expect("a decision record");
+        lines.push(serde_json::json!({"status": 200, "decision": record}).to_string());
+    }
+    let log = dir.join("access.log");
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    log
+}
+
+/// policies/eu-residency-cost.yaml, with the tenant acme sent to Azure:
+/// it moves acme's reasoning and US traffic, half of acme's requests.
+fn acme_on_azure(dir: &Path) -> PathBuf {
+    let policy = std::fs::read_to_string(repo().join("policies/eu-residency-cost.yaml"))
+        .unwrap()
+        .replace(
+            "  - name: reasoning\n",
+            "  - name: acme-on-azure\n    when: request.headers[?'x-tenant'].orValue('') == 'acme'\n    prefer: [azure-westeurope]\n  - name: reasoning\n",
+        );
+    let path = dir.join("acme-on-azure.yaml");
+    std::fs::write(&path, policy).unwrap();
+    path
+}
+
+#[test]
+fn replay_reports_no_change_for_the_logged_policy_and_the_moves_of_a_new_one() {
+    let work = tempfile::tempdir().unwrap();
+    let log = decision_log(work.path(), 40);
+    let log = log.to_str().unwrap();
+    let (code, out, err) = policy_host(&[
+        "replay",
+        log,
+        "--policy",
+        "policies/eu-residency-cost.yaml",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["replayed"], 40, "{out}");
+    assert_eq!(report["changed"], 0, "{out}");
+    assert_eq!(report["unknown_total"], 0, "{out}");
+
+    let new = acme_on_azure(work.path());
+    let (code, out, err) = policy_host(&["replay", log, "--policy", new.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    // acme's EU requests went to gcp (reasoning) or onprem-fra (cheapest),
+    // its US requests to gcp or onprem-fra: all 20 move to Azure.
+    assert!(out.contains("changed: 20 of 40 requests (50.00%)"), "{out}");
+    assert!(out.contains("-> azure-westeurope: "), "{out}");
+
+    let html = work.path().join("report.html");
+    let (code, out, err) = policy_host(&[
+        "replay",
+        log,
+        "--policy",
+        new.to_str().unwrap(),
+        "--format",
+        "html",
+        "-o",
+        html.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("20 changed (50.00%)"), "{out}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.starts_with("<!DOCTYPE html>") && page.contains("<svg"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("<script") && !page.contains("<link"),
+        "{page}"
+    );
+}
+
+#[test]
+fn replay_names_the_line_it_cannot_read() {
+    let work = tempfile::tempdir().unwrap();
+    let log = decision_log(work.path(), 2);
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    text.push_str("{\"decision\": \n");
+    std::fs::write(&log, text).unwrap();
+    let (code, out, err) = policy_host(&[
+        "replay",
+        log.to_str().unwrap(),
+        "--policy",
+        "policies/eu-residency-cost.yaml",
+    ]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("access.log:3: not a JSON line"), "{err}");
+}
+
+#[test]
+fn publish_with_a_replay_gate_refuses_a_large_shift_and_accepts_a_small_one_or_a_forced_one() {
+    let work = tempfile::tempdir().unwrap();
+    let log = decision_log(work.path(), 40);
+    let log = log.to_str().unwrap();
+    let new = acme_on_azure(work.path());
+    let new = new.to_str().unwrap();
+    let live = tempfile::tempdir().unwrap();
+    let to = live.path().to_str().unwrap();
+    let publish = |extra: &[&str]| {
+        let mut args = vec!["publish", new, "--to", to, "--no-tests", "--replay", log];
+        args.extend_from_slice(extra);
+        policy_host(&args)
+    };
+
+    let (code, out, err) = publish(&["--max-shift", "10"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("not published: 50.00% of the replayed traffic would change cluster or outcome, more than --max-shift 10%"),
+        "{out}"
+    );
+    assert!(
+        out.contains("changed: 20 of 40 requests"),
+        "the summary is printed: {out}"
+    );
+    assert_eq!(
+        std::fs::read_dir(live.path()).unwrap().count(),
+        0,
+        "nothing was published"
+    );
+
+    let (code, out, err) = publish(&["--max-shift", "50"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("published "), "{out}");
+    assert!(live.path().join("celroute.yaml").is_file());
+
+    std::fs::remove_file(live.path().join("celroute.yaml")).unwrap();
+    let (code, out, err) = publish(&["--max-shift", "10", "--force"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("publishing despite the replay gate (--force): 50.00%"),
+        "{out}"
+    );
+    assert!(live.path().join("celroute.yaml").is_file());
+
+    let (code, _, err) = publish(&["--max-shift", "150"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--max-shift 150: give a percentage from 0 to 100"),
+        "{err}"
+    );
+    let (code, _, err) = policy_host(&["publish", new, "--to", to, "--max-shift", "5"]);
+    assert_eq!(code, 2, "--max-shift needs --replay: {err}");
+}

@@ -74,7 +74,9 @@ fn traffic(dir: &Path) -> (Vec<Sent>, PathBuf) {
         let (outcome, tokens) = match reply.status {
             200 => (
                 reply.cloud().expect("a cloud answered").to_string(),
-                reply.json()["usage"]["total_tokens"].as_u64().expect("usage"),
+                reply.json()["usage"]["total_tokens"]
+                    .as_u64()
+                    .expect("usage"),
             ),
             status => (format!("denied {status}"), 0),
         };
@@ -88,7 +90,10 @@ fn traffic(dir: &Path) -> (Vec<Sent>, PathBuf) {
     // Envoy writes the log from a buffer; wait until every request is in it.
     let start = Instant::now();
     loop {
-        let lines = std::fs::read_to_string(&log).unwrap_or_default().lines().count();
+        let lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count();
         if lines >= sent.len() {
             break;
         }
@@ -111,7 +116,10 @@ fn tally<'a>(outcomes: impl Iterator<Item = &'a String>) -> BTreeMap<String, u64
 }
 
 fn replay_with(module: &FilterModule, log: &Path, policy: &str, dir: &Path) -> ReplayReport {
-    let path = dir.join(format!("policy-{}.yaml", celroute::engine::content_version(policy)));
+    let path = dir.join(format!(
+        "policy-{}.yaml",
+        celroute::engine::content_version(policy)
+    ));
     std::fs::write(&path, policy).unwrap();
     let logs = read_logs(&[log.to_path_buf()]).expect("the log reads");
     replay(module, &logs, &PolicySource::read(&path).unwrap(), None).expect("replay")
@@ -132,13 +140,21 @@ fn replaying_envoys_access_log_reproduces_every_decision_and_exactly_the_shifts_
     let seen = tally(sent.iter().map(|s| &s.outcome));
 
     // The same policy: every decision reproduced.
-    let same = replay_with(&module, &log, &read_policy("eu-residency-cost.yaml").unwrap(), dir.path());
+    let same = replay_with(
+        &module,
+        &log,
+        &read_policy("eu-residency-cost.yaml").unwrap(),
+        dir.path(),
+    );
     assert_eq!(same.records, sent.len() as u64, "{}", render::text(&same));
     assert_eq!(same.unknown_total, 0, "{}", render::text(&same));
     assert_eq!(same.replayed, sent.len() as u64);
     assert_eq!(same.changed, 0, "{}", render::text(&same));
     assert_eq!(same.rule_changed, 0, "{}", render::text(&same));
-    assert_eq!(same.before, seen, "the logged decisions are what clients saw");
+    assert_eq!(
+        same.before, seen,
+        "the logged decisions are what clients saw"
+    );
     assert_eq!(same.after, seen);
     assert_eq!(same.constraint_violations, 0);
     assert!(same.constraints["eu-residency"].applied > 0);
@@ -195,7 +211,8 @@ fn replaying_envoys_access_log_reproduces_every_decision_and_exactly_the_shifts_
     );
     assert_eq!(report.constraint_violations, 0, "{shown}");
     assert!(
-        report.constraints["eu-residency"].applied >= sent.iter().filter(|s| s.region == "eu").count() as u64
+        report.constraints["eu-residency"].applied
+            >= sent.iter().filter(|s| s.region == "eu").count() as u64
     );
     // What the people reading it see.
     assert!(shown.contains("azure-westeurope"), "{shown}");
@@ -230,15 +247,22 @@ fn the_html_report_shows_the_clusters_and_their_shares_when_rendered() {
     std::fs::write(&log, lines.join("\n")).unwrap();
     let module = FilterModule::load(&celroute_tests::envoy::wasm().unwrap()).unwrap();
     // onprem-fra priced out: EU users go to gcp (0.45), US users to gcp too.
-    let policy = read_policy("eu-residency-cost.yaml")
-        .unwrap()
-        .replace("jurisdiction: eu, price_per_1k_tokens: 0.10", "jurisdiction: eu, price_per_1k_tokens: 0.90");
+    let policy = read_policy("eu-residency-cost.yaml").unwrap().replace(
+        "jurisdiction: eu, price_per_1k_tokens: 0.10",
+        "jurisdiction: eu, price_per_1k_tokens: 0.90",
+    );
     let report = replay_with(&module, &log, &policy, dir.path());
-    assert_eq!(report.after.get("gcp-europe-west4"), Some(&4), "{}", render::text(&report));
+    assert_eq!(
+        report.after.get("gcp-europe-west4"),
+        Some(&4),
+        "{}",
+        render::text(&report)
+    );
     let html = dir.path().join("report.html");
     std::fs::write(&html, render::html(&report)).unwrap();
     assert!(
-        !render::html(&report).contains("http://") || render::html(&report).matches("http").count() == 1,
+        !render::html(&report).contains("http://")
+            || render::html(&report).matches("http").count() == 1,
         "the page loads nothing from elsewhere (the one URL is SVG's namespace)"
     );
     let png = dir.path().join("report.png");
@@ -257,14 +281,20 @@ fn the_html_report_shows_the_clusters_and_their_shares_when_rendered() {
         .stderr(std::process::Stdio::null())
         .status()
         .unwrap();
-    assert!(status.success() && png.is_file(), "chromium rendered no picture");
-    let ocr = Command::new(tesseract)
-        .arg(&png)
-        .arg("-")
-        .output()
-        .unwrap();
+    assert!(
+        status.success() && png.is_file(),
+        "chromium rendered no picture"
+    );
+    let ocr = Command::new(tesseract).arg(&png).arg("-").output().unwrap();
     let seen = String::from_utf8_lossy(&ocr.stdout).to_string();
-    for expected in ["onprem-fra", "gcp-europe-west4", "100.0%", "0.0%", "before", "after"] {
+    for expected in [
+        "onprem-fra",
+        "gcp-europe-west4",
+        "100.0%",
+        "0.0%",
+        "before",
+        "after",
+    ] {
         assert!(
             seen.contains(expected),
             "'{expected}' is not visible in the rendered report; OCR read:\n{seen}"

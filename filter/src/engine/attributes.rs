@@ -270,7 +270,10 @@ impl Fetched {
             match (kind, &needs.headers) {
                 (Kind::Headers, Some(HeaderNeeds::Named(names))) => {
                     for name in names {
-                        let value = slots.next().and_then(Option::as_deref).map_or(Json::Null, lossy);
+                        let value = slots
+                            .next()
+                            .and_then(Option::as_deref)
+                            .map_or(Json::Null, lossy);
                         read.put(log, header_path(name), value);
                     }
                 }
@@ -288,7 +291,8 @@ impl Fetched {
                         map.entry(name).or_insert_with(|| lossy(raw));
                     }
                     map.retain(|_, v| !v.is_null());
-                    read.values.insert(format!("{root}.{field}"), Json::Object(map));
+                    read.values
+                        .insert(format!("{root}.{field}"), Json::Object(map));
                 }
                 _ => {
                     let raw = slots.next().and_then(Option::as_deref);

@@ -250,4 +250,62 @@ mod tests {
         assert!(errors[0].message.contains("'source.adress'"));
         assert!(log.is_some_and(|l| l.redacts("source.address")));
     }
+
+    fn router(options: &str) -> super::super::Router {
+        let text = format!(
+            "name: p\nclusters: {{eu: {{j: eu}}, us: {{j: us}}}}\nrules:\n  - name: eu\n    when: request.headers[?'x-region'].orValue('') == 'eu' && source.address != ''\n    require: cluster.j == 'eu'\ndefault: us\noptions:\n  decision_log: {options}\n"
+        );
+        super::super::Router::new(super::super::Policy::load(&text).unwrap())
+    }
+
+    fn record(router: &super::super::Router, host: &mut dyn super::super::AttributeHost) -> Json {
+        let decided = router.decide_recorded(host, false, true);
+        serde_json::from_str(&decided.record.unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_record_holds_the_decision_and_every_value_read_less_the_redacted() {
+        use super::super::testing::TestHost;
+        let logging = router("{}");
+        let mut host = TestHost::with_headers(&[("x-region", "eu"), ("authorization", "k")])
+            .property("source.address", b"10.1.2.3:4000");
+        let first = record(&logging, &mut host);
+        assert_eq!(first["v"], 1);
+        assert_eq!(first["name"], "p");
+        assert_eq!(first["action"], "route");
+        assert_eq!(first["cluster"], "eu");
+        assert_eq!(first["rule"], "first-candidate");
+        assert_eq!(first["cached"], false);
+        assert_eq!(first["policy"], logging.policy().version());
+        assert_eq!(
+            first["read"],
+            serde_json::json!({"request.headers['x-region']": "eu", "source.address": "10.1.2.3:4000"}),
+            "exactly what the policy read; the authorization header it did not read is not there"
+        );
+        let again = record(&logging, &mut host);
+        assert_eq!(
+            again["cached"], true,
+            "the second decision comes from the cache"
+        );
+
+        let redacting = router("{redact: [source.address]}");
+        let mut absent = TestHost::with_headers(&[]).property("source.address", b"10.1.2.3:4000");
+        let record = record(&redacting, &mut absent);
+        assert_eq!(
+            record["read"],
+            serde_json::json!({"request.headers['x-region']": null})
+        );
+        assert_eq!(record["redacted"], serde_json::json!(["source.address"]));
+        assert_eq!(record["cluster"], "us");
+    }
+
+    #[test]
+    fn without_a_decision_log_there_is_no_record() {
+        use super::super::testing::TestHost;
+        let text = "clusters: {a: {}}\n";
+        let router = super::super::Router::new(super::super::Policy::load(text).unwrap());
+        let decided = router.decide_recorded(&mut TestHost::with_headers(&[]), false, true);
+        assert!(decided.record.is_none());
+        assert!(!router.policy().counts_usage());
+    }
 }

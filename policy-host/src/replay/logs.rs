@@ -89,15 +89,18 @@ pub fn read_logs(paths: &[PathBuf]) -> Result<LogRead> {
             }
             read.lines += 1;
             let at = format!("{}:{}", path.display(), number + 1);
-            let value: Json = serde_json::from_str(line)
-                .with_context(|| format!("{at}: not a JSON line"))?;
+            let value: Json =
+                serde_json::from_str(line).with_context(|| format!("{at}: not a JSON line"))?;
             let Json::Object(object) = value else {
                 bail!("{at}: a log line must be a JSON object");
             };
             let (record, usage) = if is_record(&object) {
                 (Some(object), None)
             } else {
-                (embedded(object.get("decision")), embedded(object.get("usage")))
+                (
+                    embedded(object.get("decision")),
+                    embedded(object.get("usage")),
+                )
             };
             let Some(record) = record else {
                 read.without_record += 1;

@@ -206,12 +206,7 @@ pub fn replay(
         seconds: 0.0,
         per_second: 0.0,
     };
-    for (name, kind) in new
-        .description
-        .rules
-        .iter()
-        .map(|r| (&r.name, &r.kind))
-    {
+    for (name, kind) in new.description.rules.iter().map(|r| (&r.name, &r.kind)) {
         if kind == "require" {
             report.constraints.insert(name.clone(), Default::default());
         }
@@ -222,16 +217,13 @@ pub fn replay(
             .entry(entry.policy_version())
             .or_default() += 1;
         let rebuilt = rebuild(&entry.record);
-        let missing = rebuilt
-            .as_ref()
-            .map_err(Clone::clone)
-            .and_then(|r| {
-                let mut missing = r.missing_for(&new.description);
-                if let (None, Some(old)) = (&missing, &old) {
-                    missing = r.missing_for(&old.description);
-                }
-                missing.map_or(Ok(()), Err)
-            });
+        let missing = rebuilt.as_ref().map_err(Clone::clone).and_then(|r| {
+            let mut missing = r.missing_for(&new.description);
+            if let (None, Some(old)) = (&missing, &old) {
+                missing = r.missing_for(&old.description);
+            }
+            missing.map_or(Ok(()), Err)
+        });
         let rebuilt = match (rebuilt, missing) {
             (Ok(rebuilt), Ok(())) => rebuilt,
             (_, Err(reason)) | (Err(reason), _) => {
@@ -240,14 +232,18 @@ pub fn replay(
                 continue;
             }
         };
-        let after = new
-            .evaluate(&rebuilt.spec)
-            .map_err(|e| anyhow!("{}: replaying with {}: {e}", entry.at, policy.path.display()))?;
+        let after = new.evaluate(&rebuilt.spec).map_err(|e| {
+            anyhow!(
+                "{}: replaying with {}: {e}",
+                entry.at,
+                policy.path.display()
+            )
+        })?;
         let (before, before_rule) = match &mut old {
             Some(old) => {
-                let decision = old.evaluate(&rebuilt.spec).map_err(|e| {
-                    anyhow!("{}: replaying with the baseline: {e}", entry.at)
-                })?;
+                let decision = old
+                    .evaluate(&rebuilt.spec)
+                    .map_err(|e| anyhow!("{}: replaying with the baseline: {e}", entry.at))?;
                 (Fate::of(&decision.decision), decision.decision.rule)
             }
             None => (entry.fate()?, entry.rule()),

@@ -238,8 +238,7 @@ mod tests {
     fn a_body_is_rebuilt_to_the_same_summary() {
         let original = br#"{"model":"o3-mini","max_tokens":9000,"stream":true,"messages":[{"role":"user","content":"hello there"},{"role":"assistant","content":"hi"}]}"#;
         let summary = BodySummary::read(original, Some(b"application/json")).unwrap();
-        let recorded: Map<String, Json> =
-            serde_json::from_slice(&summary.encode()).unwrap();
+        let recorded: Map<String, Json> = serde_json::from_slice(&summary.encode()).unwrap();
         let rebuilt = body_for(&recorded).text();
         let again = BodySummary::read(rebuilt.as_bytes(), Some(b"application/json")).unwrap();
         assert_eq!(again, summary);

@@ -183,8 +183,14 @@ pub fn html(report: &ReplayReport) -> String {
     );
     for (i, outcome) in outcomes.iter().enumerate() {
         let y = 32.0 + row * i as f64;
-        let b = share(report.before.get(outcome).copied().unwrap_or(0), report.replayed);
-        let a = share(report.after.get(outcome).copied().unwrap_or(0), report.replayed);
+        let b = share(
+            report.before.get(outcome).copied().unwrap_or(0),
+            report.replayed,
+        );
+        let a = share(
+            report.after.get(outcome).copied().unwrap_or(0),
+            report.replayed,
+        );
         let _ = write!(
             svg,
             r##"<text x="{lx}" y="{ly}" font-size="14" text-anchor="end">{name}</text>
@@ -217,7 +223,13 @@ pub fn html(report: &ReplayReport) -> String {
                 .and_then(|m| m.get(to))
                 .copied()
                 .unwrap_or(0);
-            let class = if from == to { "same" } else if n > 0 { "moved" } else { "" };
+            let class = if from == to {
+                "same"
+            } else if n > 0 {
+                "moved"
+            } else {
+                ""
+            };
             let _ = write!(matrix, "<td class=\"{class}\">{n}</td>");
         }
         matrix.push_str("</tr>");

@@ -131,6 +131,50 @@ pub fn set_live(policy: &mut LoadedPolicy<'_>, live: &LiveSpec) -> Result<()> {
     policy.tick().map_err(|e| anyhow!("{e}"))
 }
 
+/// Replaces the live state of every cluster in `clusters` with exactly the
+/// values given (a cluster or field not given is absent), as of the
+/// environment's time, then ticks the filter so that it takes them: the
+/// live state a logged decision saw, restored for its replay.
+pub fn replace_live(
+    policy: &mut LoadedPolicy<'_>,
+    clusters: &[String],
+    live: &serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    // The filter first hands over what it observed since its last tick, so
+    // that nothing merges into the state written here.
+    policy.tick().map_err(|e| anyhow!("{e}"))?;
+    let environment = policy.environment().clone();
+    let now = environment.clock.now_nanos() / 1_000_000;
+    for cluster in clusters {
+        let key = format!("{STATE_KEY_PREFIX}{cluster}");
+        let mut state = ClusterState::default();
+        // `healthy` and `breaker` say the same: a closed breaker unless told.
+        state
+            .set_field("healthy", Signal::Bool(true), now)
+            .map_err(|e| anyhow!(e))?;
+        for (field, value) in live
+            .get(cluster)
+            .and_then(|v| v.as_object())
+            .into_iter()
+            .flatten()
+        {
+            let signal = match value {
+                serde_json::Value::Bool(b) => Signal::Bool(*b),
+                serde_json::Value::Number(n) => Signal::Number(n.as_f64().unwrap_or(f64::NAN)),
+                serde_json::Value::String(s) => Signal::Text(s.clone()),
+                other => bail!("live.{cluster}.{field}: {other} is not a number, bool or string"),
+            };
+            state
+                .set_field(field, signal, now)
+                .map_err(|e| anyhow!("live.{cluster}.{e}"))?;
+        }
+        let mut shared = environment.shared.lock();
+        let version = shared.data.get(&key).map_or(0, |(_, v)| *v);
+        shared.data.insert(key, (state.to_bytes(), version + 1));
+    }
+    policy.tick().map_err(|e| anyhow!("{e}"))
+}
+
 /// Applies one non-request step.
 pub fn apply(policy: &mut LoadedPolicy<'_>, step: &Step) -> Result<()> {
     let environment = policy.environment().clone();

@@ -561,3 +561,108 @@ fn publish_with_a_replay_gate_refuses_a_large_shift_and_accepts_a_small_one_or_a
     let (code, _, err) = policy_host(&["publish", new, "--to", to, "--max-shift", "5"]);
     assert_eq!(code, 2, "--max-shift needs --replay: {err}");
 }
+
+/// A policy that reads live state: the live values each decision saw are in
+/// its record, and the replay restores them, so the same policy decides
+/// every request alike, and a new preference order moves exactly the
+/// requests decided while every cluster was healthy.
+#[test]
+fn replay_restores_the_live_state_each_logged_decision_saw() {
+    use policy_host::policy::LoadedPolicy;
+    use policy_host::replay::{read_logs, replay, PolicySource};
+    use policy_host::request::{Headers, RequestSpec};
+    use policy_host::scripted::{environment, replace_live};
+    let wasm = policy_host::default_wasm_candidates()
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap();
+    let module = policy_host::vm::FilterModule::load(&wasm).unwrap();
+    let failover = repo().join("policies/failover.yaml");
+    let text = std::fs::read(&failover).unwrap();
+    let mut loaded = LoadedPolicy::load_in(&module, &text, environment()).unwrap();
+    let unhealthy = |clusters: &[&str]| -> serde_json::Map<String, serde_json::Value> {
+        clusters
+            .iter()
+            .map(|c| (c.to_string(), serde_json::json!({"healthy": false})))
+            .collect()
+    };
+    let clusters = loaded.description.clusters.clone();
+    let mut lines = Vec::new();
+    let mut logged = Vec::new();
+    for (phase, down) in [
+        &[][..],
+        &["azure-westeurope"][..],
+        &["azure-westeurope", "gcp-europe-west4"][..],
+    ]
+    .iter()
+    .enumerate()
+    {
+        replace_live(&mut loaded, &clusters, &unhealthy(down)).unwrap();
+        for i in 0..10 {
+            let spec = RequestSpec {
+                headers: Headers::List(vec![("x-user-region".into(), ["eu", "us"][i % 2].into())]),
+                ..RequestSpec::default()
+            };
+            let evaluation = loaded.evaluate(&spec).unwrap();
+            logged.push((phase, evaluation.decision.cluster().unwrap().to_string()));
+            lines.push(serde_json::json!({"decision": evaluation.record.unwrap()}).to_string());
+        }
+    }
+    // What the filter decided, as the policy says.
+    let count = |phase: usize, cluster: &str| {
+        logged
+            .iter()
+            .filter(|(p, c)| *p == phase && c == cluster)
+            .count()
+    };
+    assert_eq!(count(0, "azure-westeurope"), 10, "{logged:?}");
+    assert_eq!(count(1, "gcp-europe-west4"), 10, "{logged:?}");
+    assert_eq!((count(2, "onprem-fra"), count(2, "aws-us-east-1")), (5, 5));
+
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("access.log");
+    std::fs::write(&log, lines.join("\n")).unwrap();
+    let logs = read_logs(&[log]).unwrap();
+    let same = replay(
+        &module,
+        &logs,
+        &PolicySource::read(&failover).unwrap(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            same.replayed,
+            same.unknown_total,
+            same.changed,
+            same.rule_changed
+        ),
+        (30, 0, 0, 0),
+        "{}",
+        policy_host::replay::render::text(&same)
+    );
+    let reordered = work.path().join("gcp-first.yaml");
+    std::fs::write(
+        &reordered,
+        String::from_utf8(text).unwrap().replace(
+            "prefer: [azure-westeurope, gcp-europe-west4,",
+            "prefer: [gcp-europe-west4, azure-westeurope,",
+        ),
+    )
+    .unwrap();
+    let report = replay(
+        &module,
+        &logs,
+        &PolicySource::read(&reordered).unwrap(),
+        None,
+    )
+    .unwrap();
+    let shown = policy_host::replay::render::text(&report);
+    assert_eq!(report.changed, 10, "{shown}");
+    assert_eq!(
+        report.moves["azure-westeurope"]["gcp-europe-west4"], 10,
+        "{shown}"
+    );
+    assert_eq!(report.constraint_violations, 0, "{shown}");
+    assert!(report.constraints["healthy"].applied == 30, "{shown}");
+}

@@ -136,6 +136,25 @@ fn replaying_envoys_access_log_reproduces_every_decision_and_exactly_the_shifts_
     );
     assert!(text.contains("request.headers['authorization']") || !text.contains("authorization"));
 
+    // Every field a record has is documented.
+    let docs = std::fs::read_to_string(repo_root().join("docs/decision-logs.md")).unwrap();
+    let table = docs
+        .split_once("<!-- record-fields -->")
+        .and_then(|(_, rest)| rest.split_once("<!-- /record-fields -->"))
+        .expect("the record-fields table")
+        .0;
+    for line in text.lines() {
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        let record: serde_json::Value =
+            serde_json::from_str(line["decision"].as_str().expect("a record")).unwrap();
+        for key in record.as_object().unwrap().keys() {
+            assert!(
+                table.contains(&format!("| `{key}` |")),
+                "the record field '{key}' is not in docs/decision-logs.md"
+            );
+        }
+    }
+
     let module = FilterModule::load(&celroute_tests::envoy::wasm().unwrap()).unwrap();
     let seen = tally(sent.iter().map(|s| &s.outcome));
 

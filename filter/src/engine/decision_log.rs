@@ -123,14 +123,15 @@ pub fn recordable_attributes() -> impl Iterator<Item = String> {
 
 /// One decision's record (a JSON object on one line).
 ///
-/// `live` is each cluster's live values the policy read, `refused` the
-/// error code of a request refused for its body.
+/// `live` is, for a policy that reads live state, the live fields it reads
+/// and each cluster's values of them; `refused` the error code of a
+/// request refused for its body.
 pub(crate) fn decision_record(
     policy: &super::policy::Policy,
     decision: &Decision,
     served: Served,
     read: ReadValues,
-    live: Option<Map<String, Json>>,
+    live: Option<(Vec<String>, Map<String, Json>)>,
     refused: Option<&str>,
 ) -> String {
     let mut record = Map::new();
@@ -164,8 +165,9 @@ pub(crate) fn decision_record(
     if !read.redacted.is_empty() {
         record.insert("redacted".into(), read.redacted.into());
     }
-    if let Some(live) = live {
-        record.insert("live".into(), Json::Object(live));
+    if let Some((fields, clusters)) = live {
+        record.insert("live_fields".into(), fields.into());
+        record.insert("live".into(), Json::Object(clusters));
     }
     Json::Object(record).to_string()
 }

@@ -186,6 +186,14 @@ impl Policy {
                 .as_ref()
                 .is_none_or(|read| read.contains(name))
     }
+    /// The live fields a decision may read, in name order: those the
+    /// inventory can name and the policy's expressions read.
+    pub fn live_fields_read(&self) -> Vec<String> {
+        (self.live_fields.names())
+            .filter(|field| self.reads_live_field(field))
+            .map(str::to_string)
+            .collect()
+    }
     /// How live state is kept for this policy.
     pub fn live_options(&self) -> &LiveOptions {
         &self.live_options
@@ -295,6 +303,7 @@ impl Policy {
             reads: self.referenced_attributes(),
             reads_budgets: self.needs.budgets.keys().cloned().collect(),
             reads_live: self.reads_live,
+            live_fields_read: self.live_fields_read(),
             decision_log: self.decision_log.is_some(),
         }
     }
@@ -315,6 +324,9 @@ pub struct PolicyDescription {
     /// Whether it reads live cluster state (`cluster.live.*`).
     #[serde(default)]
     pub reads_live: bool,
+    /// The live fields it reads (`cluster.live.<field>`).
+    #[serde(default)]
+    pub live_fields_read: Vec<String>,
     /// Whether it keeps a decision log (`options.decision_log`).
     #[serde(default)]
     pub decision_log: bool,

@@ -126,7 +126,10 @@ impl Router {
             }
         };
         let record = read.map(|read| {
-            let live = live.as_deref().map(|view| self.live_record(view));
+            let live = (policy.reads_live).then(|| {
+                let clusters = live.as_deref().map(|view| self.live_record(view));
+                (policy.live_fields_read(), clusters.unwrap_or_default())
+            });
             decision_record(policy, &decision, served, read, live, None)
         });
         Decided {

@@ -211,6 +211,9 @@ pub fn replay(
             report.constraints.insert(name.clone(), Default::default());
         }
     }
+    // The live state each policy holds now, restored only when it changes.
+    type Live = Option<serde_json::Map<String, serde_json::Value>>;
+    let (mut live_new, mut live_old): (Live, Live) = (None, None);
     for entry in &log.entries {
         *report
             .logged_versions
@@ -232,6 +235,12 @@ pub fn replay(
                 continue;
             }
         };
+        restore_live(&mut new, &rebuilt, &mut live_new)
+            .map_err(|e| anyhow!("{}: {e:#}", entry.at))?;
+        if let Some(old) = &mut old {
+            restore_live(old, &rebuilt, &mut live_old)
+                .map_err(|e| anyhow!("{}: {e:#}", entry.at))?;
+        }
         let after = new.evaluate(&rebuilt.spec).map_err(|e| {
             anyhow!(
                 "{}: replaying with {}: {e}",
@@ -296,6 +305,24 @@ pub fn replay(
     let decided = report.replayed * if old.is_some() { 2 } else { 1 };
     report.per_second = decided as f64 / report.seconds.max(1e-9);
     Ok(report)
+}
+
+/// Gives a policy that reads live state the live values `rebuilt` was
+/// decided under, unless it holds them already.
+fn restore_live(
+    policy: &mut LoadedPolicy<'_>,
+    rebuilt: &Rebuilt,
+    current: &mut Option<serde_json::Map<String, serde_json::Value>>,
+) -> Result<()> {
+    if !policy.description.reads_live || current.as_ref() == rebuilt.live.as_ref() {
+        return Ok(());
+    }
+    let empty = serde_json::Map::new();
+    let live = rebuilt.live.as_ref().unwrap_or(&empty);
+    let clusters = policy.description.clusters.clone();
+    crate::scripted::replace_live(policy, &clusters, live)?;
+    *current = Some(live.clone());
+    Ok(())
 }
 
 /// Checks a replayed route against each constraint that applied to it:

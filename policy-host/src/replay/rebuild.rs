@@ -20,6 +20,10 @@ pub struct Rebuilt {
     redacted: BTreeSet<String>,
     /// The body was refused, so it is not in the record.
     refused: bool,
+    /// The live fields the logging policy read, and each cluster's values
+    /// of them, when it read live state.
+    live_fields: Option<BTreeSet<String>>,
+    pub live: Option<Map<String, Json>>,
 }
 
 /// Paths that are known whenever another one is: `(path, implied by)`.
@@ -46,9 +50,14 @@ impl Rebuilt {
             ));
         }
         if description.reads_live {
-            return Some(
-                "the policy reads live cluster state, which a replay cannot restore".into(),
-            );
+            let Some(recorded) = &self.live_fields else {
+                return Some("the policy reads live cluster state, which was not recorded".into());
+            };
+            if let Some(field) =
+                (description.live_fields_read.iter()).find(|f| !recorded.contains(*f))
+            {
+                return Some(format!("cluster.live.{field} was not recorded"));
+            }
         }
         description
             .reads
@@ -107,6 +116,12 @@ pub fn rebuild(record: &Map<String, Json>) -> Result<Rebuilt, String> {
             })
             .unwrap_or_default(),
         refused: record.contains_key("refused"),
+        live_fields: (record.get("live_fields").and_then(Json::as_array)).map(|fields| {
+            (fields.iter())
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect()
+        }),
+        live: record.get("live").and_then(Json::as_object).cloned(),
     };
     let mut headers: Vec<(String, String)> = Vec::new();
     let mut path = None;

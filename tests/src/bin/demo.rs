@@ -22,6 +22,13 @@ fn main() -> Result<()> {
     };
     let mut config = Config::read("envoy.yaml")?;
     let clouds = config.cluster_addresses()?;
+    // The decision log (standard output as shipped) goes to a file here.
+    let decisions = celroute_tests::repo_root().join("target/demo/decisions.log");
+    if let Some(dir) = decisions.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(&decisions);
+    let config = config.with_access_log(&decisions)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -47,6 +54,9 @@ fn main() -> Result<()> {
     );
 
     show_requests(envoy.listener)?;
+    println!(
+        "\nEach decision is in Envoy's access log, target/demo/decisions.log; replay it with another policy:\n  cargo run -q -p policy-host -- replay target/demo/decisions.log --policy POLICY.yaml"
+    );
 
     let live = Envoy::start(&Config::read("envoy-live.yaml")?)
         .context("starting Envoy with envoy/envoy-live.yaml (are ports 10001 and 9902 free?)")?;

@@ -258,11 +258,10 @@ impl Fetched {
     pub(crate) fn read_values(
         &self,
         needs: &AttributeNeeds,
-        log: &super::decision_log::DecisionLog,
-    ) -> super::decision_log::ReadValues {
-        use super::decision_log::header_path;
+        redacts: &dyn Fn(&str) -> bool,
+    ) -> ReadValues {
         use serde_json::Value as Json;
-        let mut read = super::decision_log::ReadValues::default();
+        let mut read = ReadValues::default();
         let mut slots = self.slots.iter();
         let lossy = |raw: &[u8]| Json::String(String::from_utf8_lossy(raw).into_owned());
         for &i in &needs.attributes {
@@ -274,14 +273,14 @@ impl Fetched {
                             .next()
                             .and_then(Option::as_deref)
                             .map_or(Json::Null, lossy);
-                        read.put(log, header_path(name), value);
+                        read.put(redacts, header_path(name), value);
                     }
                 }
                 (Kind::Headers, _) => {
                     let mut map = serde_json::Map::new();
                     for (name, raw) in self.all_headers.iter().flatten() {
                         let name = name.to_ascii_lowercase();
-                        if log.redacts(&header_path(&name)) {
+                        if redacts(&header_path(&name)) {
                             if !map.contains_key(&name) {
                                 read.redacted.push(header_path(&name));
                             }
@@ -297,7 +296,7 @@ impl Fetched {
                 _ => {
                     let raw = slots.next().and_then(Option::as_deref);
                     let value = raw.map_or(Json::Null, |raw| record_value(kind, raw));
-                    read.put(log, format!("{root}.{field}"), value);
+                    read.put(redacts, format!("{root}.{field}"), value);
                 }
             }
         }
@@ -336,6 +335,32 @@ impl Fetched {
         Attributes {
             roots: maps.map(|m| Value::Map(Map { map: Arc::new(m) })),
             budget: (!read.is_empty()).then(|| super::spending::budget_value(&read, &self.spent)),
+        }
+    }
+}
+
+/// The record path of one request header: `request.headers['<name>']`.
+pub fn header_path(name: &str) -> String {
+    format!("request.headers['{name}']")
+}
+
+/// The attribute values one decision was made from, as a decision record
+/// holds them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReadValues {
+    /// Path -> value (`null` when the attribute was read and absent).
+    pub values: serde_json::Map<String, serde_json::Value>,
+    /// Paths read whose values were redacted.
+    pub redacted: Vec<String>,
+}
+
+impl ReadValues {
+    /// Records `value` at `path`, unless `redacts` keeps it out.
+    fn put(&mut self, redacts: &dyn Fn(&str) -> bool, path: String, value: serde_json::Value) {
+        if redacts(&path) {
+            self.redacted.push(path);
+        } else {
+            self.values.insert(path, value);
         }
     }
 }

@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use serde_json::{Map, Value as Json};
 
 use super::attributes::{catalog_index, CATALOG};
+pub use super::attributes::{header_path, ReadValues};
 use super::cache::Served;
 use super::decision::{Decision, Outcome};
 use super::document::DecisionLogDocument;
@@ -88,31 +89,6 @@ pub fn attribute_path(path: &str) -> Option<String> {
     catalog_index(root, field).map(|_| format!("{root}.{field}"))
 }
 
-/// The record path of one request header.
-pub fn header_path(name: &str) -> String {
-    format!("request.headers['{name}']")
-}
-
-/// The attribute values one decision was made from, as a record holds them.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ReadValues {
-    /// Path -> value (`null` when the attribute was read and absent).
-    pub values: Map<String, Json>,
-    /// Paths read whose values were redacted.
-    pub redacted: Vec<String>,
-}
-
-impl ReadValues {
-    /// Records `value` at `path`, unless the log redacts it.
-    pub(crate) fn put(&mut self, log: &DecisionLog, path: String, value: Json) {
-        if log.redacts(&path) {
-            self.redacted.push(path);
-        } else {
-            self.values.insert(path, value);
-        }
-    }
-}
-
 /// Every attribute path a record may hold outside the headers, for docs and tests.
 pub fn recordable_attributes() -> impl Iterator<Item = String> {
     CATALOG
@@ -126,8 +102,9 @@ pub fn recordable_attributes() -> impl Iterator<Item = String> {
 /// `live` is, for a policy that reads live state, the live fields it reads
 /// and each cluster's values of them; `refused` the error code of a
 /// request refused for its body.
+/// `version` and `name` are the deciding policy's.
 pub(crate) fn decision_record(
-    policy: &super::policy::Policy,
+    (version, name): (&str, Option<&str>),
     decision: &Decision,
     served: Served,
     read: ReadValues,
@@ -136,9 +113,9 @@ pub(crate) fn decision_record(
 ) -> String {
     let mut record = Map::new();
     record.insert("v".into(), RECORD_VERSION.into());
-    record.insert("policy".into(), policy.version().into());
-    if let Some(name) = &policy.name {
-        record.insert("name".into(), name.clone().into());
+    record.insert("policy".into(), version.into());
+    if let Some(name) = name {
+        record.insert("name".into(), name.into());
     }
     match &decision.outcome {
         Outcome::Route { cluster } => {

@@ -214,6 +214,10 @@ impl Policy {
     pub fn fallback_header(&self) -> Option<&str> {
         self.fallback_header.as_deref()
     }
+    /// The policy's content version and name, as decision records carry them.
+    pub(crate) fn identity(&self) -> (&str, Option<&str>) {
+        (&self.version, self.name.as_deref())
+    }
     /// Whether decisions are recorded for the access log (`options.decision_log`).
     pub fn keeps_decision_log(&self) -> bool {
         self.decision_log.is_some()

@@ -108,7 +108,7 @@ impl Router {
         let fetched = Fetched::fetch(host, &policy.needs);
         let read = (policy.decision_log.as_ref())
             .filter(|_| record)
-            .map(|log| fetched.read_values(&policy.needs, log));
+            .map(|log| fetched.read_values(&policy.needs, &|path| log.redacts(path)));
         let (decision, served) = match &self.cache {
             Some(cache) if !trace => {
                 let epoch = policy
@@ -130,7 +130,7 @@ impl Router {
                 let clusters = live.as_deref().map(|view| self.live_record(view));
                 (policy.live_fields_read(), clusters.unwrap_or_default())
             });
-            decision_record(policy, &decision, served, read, live, None)
+            decision_record(policy.identity(), &decision, served, read, live, None)
         });
         Decided {
             decision,
@@ -145,7 +145,7 @@ impl Router {
     pub fn refusal_record(&self, decision: &Decision, code: &str) -> Option<String> {
         self.policy.decision_log.as_ref()?;
         Some(decision_record(
-            &self.policy,
+            self.policy.identity(),
             decision,
             Served::Evaluated,
             ReadValues::default(),

@@ -4,7 +4,8 @@
 //!                            replicas mount them, `up -d`, wait for the first routed request
 //!   compose scenarios        the scenarios under load, with per-cloud shares before and after
 //!   compose scenarios --check   the same, failing unless each scenario shows what it must
-//!   compose test             up, scenarios --check, Prometheus, down: the test `make test` runs
+//!   compose test             up, scenarios --check, the replicas' decision logs replayed,
+//!                            Prometheus, the OCI image, down: the test `make test` runs
 //!   compose down             `down -v`
 //!
 //! The images must exist (`make compose-images`).
@@ -64,6 +65,7 @@ fn test() -> Result<()> {
     let _ = compose.down();
     let result = up(&compose)
         .and_then(|_| scenarios(&compose, true))
+        .and_then(|_| decision_logs_replay(&compose))
         .and_then(|_| prometheus_saw_the_fleet())
         .and_then(|_| oci_image_holds_the_module());
     if result.is_err() {
@@ -307,6 +309,58 @@ fn run(program: &str, args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// The replicas' access logs, replayed in policy-host with the policy they
+/// logged under (policies/multi-cloud.yaml, before the scenarios' publish):
+/// every decision, live state included, must come out the same.
+fn decision_logs_replay(compose: &Compose) -> Result<()> {
+    use policy_host::replay::{read_logs, render, replay, PolicySource};
+    let mut lines = Vec::new();
+    for replica in ["celroute-1", "celroute-2"] {
+        let text = compose.run(&["logs", "--no-color", replica])?;
+        // `<container> | <line>`: the access log's JSON lines beside Envoy's own.
+        lines.extend(
+            (text.lines())
+                .filter_map(|line| line.split_once("| ").map(|(_, rest)| rest.trim()))
+                .filter(|line| line.starts_with('{'))
+                .map(str::to_string),
+        );
+    }
+    let file = std::env::temp_dir().join(format!("celroute-compose-{}.log", std::process::id()));
+    std::fs::write(&file, lines.join("\n"))?;
+    let mut log = read_logs(std::slice::from_ref(&file));
+    let _ = std::fs::remove_file(&file);
+    let policy = repo_root().join("policies/multi-cloud.yaml");
+    let version = celroute::engine::content_version(&std::fs::read_to_string(&policy)?);
+    if let Ok(log) = &mut log {
+        log.entries.retain(|e| e.policy_version() == version);
+    }
+    let log = log?;
+    let module = policy_host::vm::FilterModule::load(&wasm())?;
+    let report = replay(&module, &log, &PolicySource::read(&policy)?, None)?;
+    println!(
+        "decision logs of both replicas: {} lines, {} decided under {version}; replayed {} with policies/multi-cloud.yaml in {:.1} s: {} changed, {} unknown, {} constraint violations",
+        report.lines,
+        report.records,
+        report.replayed,
+        report.seconds,
+        report.changed,
+        report.unknown_total,
+        report.constraint_violations
+    );
+    if report.replayed < 1000
+        || report.changed > 0
+        || report.rule_changed > 0
+        || report.unknown_total > 0
+        || report.constraint_violations > 0
+    {
+        bail!(
+            "the replay of the replicas' decisions differs:\n{}",
+            render::text(&report)
+        );
+    }
+    Ok(())
 }
 
 /// `make oci`'s image: one layer, holding plugin.wasm, byte for byte the

@@ -54,11 +54,10 @@ fn main() -> Result<()> {
     );
 
     show_requests(envoy.listener)?;
-    println!(
-        "\nEach decision is in Envoy's access log, target/demo/decisions.log; replay it with another policy:\n  cargo run -q -p policy-host -- replay target/demo/decisions.log --policy POLICY.yaml"
-    );
 
-    let live = Envoy::start(&Config::read("envoy-live.yaml")?)
+    let failover_log = celroute_tests::repo_root().join("target/demo/failover-decisions.log");
+    let _ = std::fs::remove_file(&failover_log);
+    let live = Envoy::start(&Config::read("envoy-live.yaml")?.with_access_log(&failover_log)?)
         .context("starting Envoy with envoy/envoy-live.yaml (are ports 10001 and 9902 free?)")?;
     println!(
         "\nLive failover: envoy http://{} (envoy/envoy-live.yaml, policy policies/failover.yaml), EU users, 4 connections",
@@ -70,6 +69,9 @@ fn main() -> Result<()> {
         .map(|c| c.control.clone())
         .context("no azure-westeurope cloud")?;
     show_failover(live.listener, &azure)?;
+    println!(
+        "\nEach decision is in Envoy's access log (target/demo/decisions.log, and the failover part's in\ntarget/demo/failover-decisions.log); replay one with another policy:\n  cargo run -q -p policy-host -- replay target/demo/decisions.log --policy POLICY.yaml"
+    );
     if once {
         return Ok(());
     }

@@ -113,20 +113,8 @@ pub fn set_live(policy: &mut LoadedPolicy<'_>, live: &LiveSpec) -> Result<()> {
     for (cluster, fields) in live {
         let key = format!("{STATE_KEY_PREFIX}{cluster}");
         let mut state = ClusterState::from_bytes(environment.shared.get(&key).as_deref());
-        for (field, value) in fields {
-            let signal = match value {
-                serde_json::Value::Bool(b) => Signal::Bool(*b),
-                serde_json::Value::Number(n) => Signal::Number(n.as_f64().unwrap_or(f64::NAN)),
-                serde_json::Value::String(s) => Signal::Text(s.clone()),
-                other => bail!("live.{cluster}.{field}: {other} is not a number, bool or string"),
-            };
-            state
-                .set_field(field, signal, now)
-                .map_err(|e| anyhow!("live.{cluster}.{e}"))?;
-        }
-        let mut shared = environment.shared.lock();
-        let version = shared.data.get(&key).map_or(0, |(_, v)| *v);
-        shared.data.insert(key, (state.to_bytes(), version + 1));
+        set_fields(&mut state, cluster, fields, now)?;
+        store(&environment, key, &state);
     }
     policy.tick().map_err(|e| anyhow!("{e}"))
 }
@@ -146,33 +134,44 @@ pub fn replace_live(
     let environment = policy.environment().clone();
     let now = environment.clock.now_nanos() / 1_000_000;
     for cluster in clusters {
-        let key = format!("{STATE_KEY_PREFIX}{cluster}");
         let mut state = ClusterState::default();
         // `healthy` and `breaker` say the same: a closed breaker unless told.
         state
             .set_field("healthy", Signal::Bool(true), now)
             .map_err(|e| anyhow!(e))?;
-        for (field, value) in live
-            .get(cluster)
-            .and_then(|v| v.as_object())
-            .into_iter()
-            .flatten()
-        {
-            let signal = match value {
-                serde_json::Value::Bool(b) => Signal::Bool(*b),
-                serde_json::Value::Number(n) => Signal::Number(n.as_f64().unwrap_or(f64::NAN)),
-                serde_json::Value::String(s) => Signal::Text(s.clone()),
-                other => bail!("live.{cluster}.{field}: {other} is not a number, bool or string"),
-            };
-            state
-                .set_field(field, signal, now)
-                .map_err(|e| anyhow!("live.{cluster}.{e}"))?;
-        }
-        let mut shared = environment.shared.lock();
-        let version = shared.data.get(&key).map_or(0, |(_, v)| *v);
-        shared.data.insert(key, (state.to_bytes(), version + 1));
+        let fields = live.get(cluster).and_then(|v| v.as_object());
+        set_fields(&mut state, cluster, fields.into_iter().flatten(), now)?;
+        store(&environment, format!("{STATE_KEY_PREFIX}{cluster}"), &state);
     }
     policy.tick().map_err(|e| anyhow!("{e}"))
+}
+
+/// Sets each of `fields` on a cluster's state, as of `now`.
+fn set_fields<'a>(
+    state: &mut ClusterState,
+    cluster: &str,
+    fields: impl IntoIterator<Item = (&'a String, &'a serde_json::Value)>,
+    now: u64,
+) -> Result<()> {
+    for (field, value) in fields {
+        let signal = match value {
+            serde_json::Value::Bool(b) => Signal::Bool(*b),
+            serde_json::Value::Number(n) => Signal::Number(n.as_f64().unwrap_or(f64::NAN)),
+            serde_json::Value::String(s) => Signal::Text(s.clone()),
+            other => bail!("live.{cluster}.{field}: {other} is not a number, bool or string"),
+        };
+        state
+            .set_field(field, signal, now)
+            .map_err(|e| anyhow!("live.{cluster}.{e}"))?;
+    }
+    Ok(())
+}
+
+/// Stores a cluster's state where the filter reads it, as a new version.
+fn store(environment: &Environment, key: String, state: &ClusterState) {
+    let mut shared = environment.shared.lock();
+    let version = shared.data.get(&key).map_or(0, |(_, v)| *v);
+    shared.data.insert(key, (state.to_bytes(), version + 1));
 }
 
 /// Applies one non-request step.

@@ -383,17 +383,22 @@ fn check_and_publish_refuse_a_policy_over_a_limit_naming_it() {
     assert_eq!(std::fs::read_dir(live.path()).unwrap().count(), 0);
 }
 
+/// The built celroute.wasm, loaded.
+fn filter_module() -> policy_host::vm::FilterModule {
+    let wasm = policy_host::default_wasm_candidates()
+        .into_iter()
+        .find(|p| p.is_file())
+        .expect("celroute.wasm is built (make wasm)");
+    policy_host::vm::FilterModule::load(&wasm).unwrap()
+}
+
 /// An access log as the shipped configs write it, made by the real filter
 /// deciding `count` requests under policies/eu-residency-cost.yaml: EU and
 /// US users of the tenants acme and globex, half of them asking for reasoning.
 fn decision_log(dir: &Path, count: usize) -> PathBuf {
     use policy_host::policy::LoadedPolicy;
     use policy_host::request::{Headers, RequestSpec};
-    let wasm = policy_host::default_wasm_candidates()
-        .into_iter()
-        .find(|p| p.is_file())
-        .expect("celroute.wasm is built");
-    let module = policy_host::vm::FilterModule::load(&wasm).unwrap();
+    let module = filter_module();
     let policy = std::fs::read(repo().join("policies/eu-residency-cost.yaml")).unwrap();
     let mut loaded = LoadedPolicy::load(&module, &policy).unwrap();
     let mut lines = Vec::new();
@@ -572,11 +577,7 @@ fn replay_restores_the_live_state_each_logged_decision_saw() {
     use policy_host::replay::{read_logs, replay, PolicySource};
     use policy_host::request::{Headers, RequestSpec};
     use policy_host::scripted::{environment, replace_live};
-    let wasm = policy_host::default_wasm_candidates()
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap();
-    let module = policy_host::vm::FilterModule::load(&wasm).unwrap();
+    let module = filter_module();
     let failover = repo().join("policies/failover.yaml");
     let text = std::fs::read(&failover).unwrap();
     let mut loaded = LoadedPolicy::load_in(&module, &text, environment()).unwrap();

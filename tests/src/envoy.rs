@@ -157,20 +157,12 @@ impl Config {
     pub fn with_access_log(mut self, path: &Path) -> Result<Config> {
         *at(
             &mut self.yaml,
-            &[
-                "static_resources",
-                "listeners",
-                "0",
-                "filter_chains",
-                "0",
-                "filters",
-                "0",
-                "typed_config",
+            &connection_manager_path(&[
                 "access_log",
                 "@celroute-decisions",
                 "typed_config",
                 "path",
-            ],
+            ]),
         )? = Value::from(path.display().to_string());
         Ok(self)
     }
@@ -269,8 +261,8 @@ const CLUSTER_PORT: &[&str] = &[
     "port_value",
 ];
 
-/// Path to a field of the `celroute` HTTP filter entry in the first listener.
-fn celroute_filter_path<'a>(rest: &[&'a str]) -> Vec<&'a str> {
+/// Path to a field of the first listener's HTTP connection manager.
+fn connection_manager_path<'a>(rest: &[&'a str]) -> Vec<&'a str> {
     let mut path = vec![
         "static_resources",
         "listeners",
@@ -280,9 +272,14 @@ fn celroute_filter_path<'a>(rest: &[&'a str]) -> Vec<&'a str> {
         "filters",
         "0",
         "typed_config",
-        "http_filters",
-        "@celroute",
     ];
+    path.extend_from_slice(rest);
+    path
+}
+
+/// Path to a field of the `celroute` HTTP filter entry in the first listener.
+fn celroute_filter_path<'a>(rest: &[&'a str]) -> Vec<&'a str> {
+    let mut path = connection_manager_path(&["http_filters", "@celroute"]);
     path.extend_from_slice(rest);
     path
 }

@@ -82,15 +82,17 @@ pub struct PolicyName {
     pub version: String,
 }
 
-/// One request whose fate changed, for the report's examples.
+/// One kind of change: requests moved from one outcome to another by the
+/// same rule, with the first log line where it happened.
 #[derive(Debug, Clone, Serialize)]
 pub struct Change {
-    /// `FILE:LINE` of its log line.
-    pub at: String,
     pub before: String,
     pub after: String,
-    /// The rule that decided it after.
+    /// The rule that decided them after.
     pub rule: String,
+    pub requests: u64,
+    /// `FILE:LINE` of the first.
+    pub first: String,
 }
 
 /// Per constraint rule of the new policy: how often it applied, and
@@ -133,7 +135,8 @@ pub struct ReplayReport {
     pub newly_allowed: u64,
     /// Requests whose deciding rule changed though the outcome did not.
     pub rule_changed: u64,
-    pub examples: Vec<Change>,
+    /// Each kind of change, in order of first appearance (at most 20 kinds).
+    pub changes: Vec<Change>,
     /// Tokens logged in usage records of replayed requests, and their cost
     /// before and after (tokens at the logged price, and at the new policy's
     /// `price_per_1k_tokens` of the cluster they would go to; nothing for a
@@ -160,8 +163,8 @@ impl ReplayReport {
     }
 }
 
-/// Examples of changed requests kept in a report.
-const EXAMPLES: usize = 20;
+/// Kinds of change listed in a report.
+const CHANGE_KINDS: usize = 20;
 
 /// Replays `log` with `policy`; the "before" side is `baseline`'s
 /// decisions when given, else the logged ones.
@@ -196,7 +199,7 @@ pub fn replay(
         newly_denied: 0,
         newly_allowed: 0,
         rule_changed: 0,
-        examples: Vec::new(),
+        changes: Vec::new(),
         requests_with_usage: 0,
         tokens: 0,
         cost_before: 0.0,
@@ -276,13 +279,19 @@ pub fn replay(
                 (None, Some(_)) => report.newly_allowed += 1,
                 _ => {}
             }
-            if report.examples.len() < EXAMPLES {
-                report.examples.push(Change {
-                    at: entry.at.clone(),
-                    before: before.label(),
-                    after: after.label(),
+            let (before, after) = (before.label(), after.label());
+            let kind = (report.changes.iter())
+                .position(|c| c.before == before && c.after == after && c.rule == after_rule);
+            match kind {
+                Some(i) => report.changes[i].requests += 1,
+                None if report.changes.len() < CHANGE_KINDS => report.changes.push(Change {
+                    before,
+                    after,
                     rule: after_rule,
-                });
+                    requests: 1,
+                    first: entry.at.clone(),
+                }),
+                None => {}
             }
         } else if before_rule != after_rule {
             report.rule_changed += 1;

@@ -129,13 +129,13 @@ pub fn text(report: &ReplayReport) -> String {
             let _ = writeln!(out, "  {n}: {reason}");
         }
     }
-    if !report.examples.is_empty() {
-        let _ = writeln!(out, "first changes:");
-        for change in &report.examples {
+    if !report.changes.is_empty() {
+        let _ = writeln!(out, "changes by rule:");
+        for c in &report.changes {
             let _ = writeln!(
                 out,
-                "  {}: {} -> {} (rule {})",
-                change.at, change.before, change.after, change.rule
+                "  {} -> {} by rule {}: {}, first at {}",
+                c.before, c.after, c.rule, c.requests, c.first
             );
         }
     }
@@ -241,14 +241,15 @@ pub fn html(report: &ReplayReport) -> String {
         let _ = write!(unknown, "<li>{n}: {}</li>", escape(reason));
     }
     let mut examples = String::new();
-    for c in &report.examples {
+    for c in &report.changes {
         let _ = write!(
             examples,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&c.at),
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&c.before),
             escape(&c.after),
-            escape(&c.rule)
+            escape(&c.rule),
+            c.requests,
+            escape(&c.first)
         );
     }
     let cost = if report.requests_with_usage > 0 {
@@ -293,8 +294,8 @@ th {{ background: #edf2f7; }} td.same {{ color: #718096; }} td.moved {{ backgrou
 {matrix}
 <h2>Requests that could not be replayed</h2>
 <ul>{unknown}</ul>
-<h2>First changes</h2>
-<table><tr><th>log line</th><th>before</th><th>after</th><th>rule</th></tr>{examples}</table>
+<h2>Changes by rule</h2>
+<table><tr><th>before</th><th>after</th><th>rule</th><th>requests</th><th>first at</th></tr>{examples}</table>
 </body></html>
 "#,
         title = escape(report.policy.name.as_deref().unwrap_or(&report.policy.file)),

@@ -471,6 +471,26 @@ fn replay_reports_no_change_for_the_logged_policy_and_the_moves_of_a_new_one() {
     assert!(out.contains("changed: 20 of 40 requests (50.00%)"), "{out}");
     assert!(out.contains("-> azure-westeurope: "), "{out}");
 
+    // Against the logging policy itself as the baseline: the same shifts.
+    let (code, out, err) = policy_host(&[
+        "replay",
+        log,
+        "--policy",
+        new.to_str().unwrap(),
+        "--baseline",
+        "policies/eu-residency-cost.yaml",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["changed"], 20, "{out}");
+    assert_eq!(report["shift_percent"], 50.0, "{out}");
+    assert_eq!(
+        report["baseline"]["file"], "policies/eu-residency-cost.yaml",
+        "{out}"
+    );
+
     let html = work.path().join("report.html");
     let (code, out, err) = policy_host(&[
         "replay",

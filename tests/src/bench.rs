@@ -100,6 +100,18 @@ pub fn with_usage(policy: &str) -> String {
     format!("{policy}usage:\n  key_header: x-tenant\n")
 }
 
+/// `policy` keeping a decision log of everything it reads.
+pub fn with_decision_log(policy: &str) -> String {
+    match policy.find("options: {") {
+        Some(at) => {
+            let mut text = policy.to_string();
+            text.insert_str(at + "options: {".len(), "decision_log: {}, ");
+            text
+        }
+        None => format!("{policy}options: {{decision_log: {{}}}}\n"),
+    }
+}
+
 /// The JSON body of the benchmark's body route.
 pub const CHAT_BODY: &str = r#"{"model":"o3-mini","max_tokens":16,"messages":[{"role":"user","content":"why is the sky blue"}]}"#;
 

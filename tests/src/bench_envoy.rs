@@ -28,6 +28,10 @@ pub enum Variant {
     /// Also counts usage (`usage:`), so the filter reads every response
     /// body for its tokens.
     Usage,
+    /// Also keeps a decision log (`options.decision_log`): a record per
+    /// decision and per routed response, set as filter state (the
+    /// benchmark's Envoy writes no access log, so this is the filter's cost).
+    DecisionLog,
 }
 
 /// What runs in Envoy's filter chain.
@@ -95,6 +99,7 @@ pub fn envoy_config(filter: &Filter, upstream: u16, wasm_dir: &Path) -> Result<C
                 Variant::Live => bench::with_live_health(&policy),
                 Variant::BodyModel => bench::with_body_model(&policy),
                 Variant::Usage => bench::with_usage(&policy),
+                Variant::DecisionLog => bench::with_decision_log(&policy),
             };
             http_filters.push(wasm_filter(
                 "celroute",

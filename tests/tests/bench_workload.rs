@@ -56,6 +56,19 @@ fn lua_and_celroute_benchmark_filters_decide_alike() {
         .unwrap(),
     )
     .expect("celroute Envoy without live state");
+    let logged = Envoy::start(
+        &envoy_config(
+            &Filter::Celroute {
+                rules: 20,
+                cache: true,
+                variant: Variant::DecisionLog,
+            },
+            port,
+            &wasm_dir,
+        )
+        .unwrap(),
+    )
+    .expect("celroute Envoy keeping a decision log");
 
     let mut requests = routed_requests(64);
     requests.extend(denied_requests());
@@ -64,6 +77,8 @@ fn lua_and_celroute_benchmark_filters_decide_alike() {
         let n = same_decisions(("lua", &lua), ("celroute, live", &cel), &requests).unwrap();
         assert_eq!(n, requests.len());
         let n = same_decisions(("lua", &lua), ("celroute", &plain), &requests).unwrap();
+        assert_eq!(n, requests.len());
+        let n = same_decisions(("lua", &lua), ("celroute, log", &logged), &requests).unwrap();
         assert_eq!(n, requests.len());
     }
 

@@ -139,6 +139,14 @@ fn subjects() -> Vec<Subject> {
             variant: Variant::Usage,
         },
     });
+    out.push(Subject {
+        name: "celroute, 20 rules, decision log".into(),
+        filter: Filter::Celroute {
+            rules: 20,
+            cache: true,
+            variant: Variant::DecisionLog,
+        },
+    });
     out
 }
 

@@ -33,8 +33,25 @@ pub(crate) struct DecisionCache {
     misses: AtomicU64,
 }
 
+/// A decision and, for a policy that keeps a decision log, its record.
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub(crate) decision: Arc<Decision>,
+    pub(crate) record: Option<Arc<str>>,
+}
+
+impl Entry {
+    fn new((decision, record): (Decision, Option<String>)) -> Entry {
+        Entry {
+            decision: Arc::new(decision),
+            record: record.map(Arc::from),
+        }
+    }
+}
+
 struct State {
-    entries: LruCache<Box<[u8]>, Arc<Decision>>,
+    /// Each entry's record says `"cached":true`, as a hit logs it.
+    entries: LruCache<Box<[u8]>, Entry>,
     /// Reused buffer for the key of the request being decided.
     key: Vec<u8>,
 }
@@ -72,17 +89,20 @@ impl DecisionCache {
     }
 
     /// The cached decision for these values, or the one `decide` makes
-    /// (then cached), and which of the two it was.
+    /// (then cached), and which of the two it was. `decide` also gives the
+    /// decision's record, when the policy keeps a log, as a miss logs it
+    /// (`"cached":false`): a hit reuses it, since the record holds exactly
+    /// the values the key is made of.
     pub(crate) fn get_or_decide(
         &self,
         epoch: Option<u64>,
         fetched: Fetched,
-        decide: impl FnOnce(Fetched) -> Decision,
-    ) -> (Arc<Decision>, Served) {
+        decide: impl FnOnce(Fetched) -> (Decision, Option<String>),
+    ) -> (Entry, Served) {
         // Filters are single-threaded; a poisoned lock (a panic elsewhere
         // while deciding) only costs the cache, never the decision.
         let Ok(mut state) = self.state.lock() else {
-            return (Arc::new(decide(fetched)), Served::Evaluated);
+            return (Entry::new(decide(fetched)), Served::Evaluated);
         };
         let State { entries, key } = &mut *state;
         key.clear();
@@ -92,17 +112,22 @@ impl DecisionCache {
         fetched.key(key);
         if key.len() > MAX_KEY_BYTES {
             self.misses.fetch_add(1, Ordering::Relaxed);
-            return (Arc::new(decide(fetched)), Served::Missed);
+            return (Entry::new(decide(fetched)), Served::Missed);
         }
-        if let Some(decision) = entries.get(key.as_slice()) {
+        if let Some(entry) = entries.get(key.as_slice()) {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            return (decision.clone(), Served::FromCache);
+            return (entry.clone(), Served::FromCache);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let key: Box<[u8]> = key.as_slice().into();
-        let decision = Arc::new(decide(fetched));
-        entries.put(key, decision.clone());
-        (decision, Served::Missed)
+        let entry = Entry::new(decide(fetched));
+        let hit = Entry {
+            decision: entry.decision.clone(),
+            record: (entry.record.as_deref())
+                .map(|r| Arc::from(r.replacen("\"cached\":false", "\"cached\":true", 1))),
+        };
+        entries.put(key, hit);
+        (entry, Served::Missed)
     }
 
     pub(crate) fn stats(&self) -> CacheStats {

@@ -163,21 +163,22 @@ pub struct UsageRecord {
 }
 
 impl UsageRecord {
-    /// The record as one JSON line.
+    /// The record as one JSON line (written directly: it is made for
+    /// every routed response).
     pub fn to_json(&self, cluster: &str) -> String {
         let total = self.prompt_tokens + self.completion_tokens;
-        serde_json::json!({
-            "v": RECORD_VERSION,
-            "cluster": cluster,
-            "reported": self.reported,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "price_per_1k_tokens": self.price_per_1k_tokens,
-            "cost": total as f64 * self.price_per_1k_tokens / 1000.0,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-        })
-        .to_string()
+        let finite = |x: f64| if x.is_finite() { x } else { 0.0 };
+        let price = finite(self.price_per_1k_tokens);
+        let cluster = serde_json::to_string(cluster).unwrap_or_else(|_| "\"\"".into());
+        format!(
+            "{{\"bytes_in\":{},\"bytes_out\":{},\"cluster\":{cluster},\"completion_tokens\":{},\"cost\":{:?},\"price_per_1k_tokens\":{price:?},\"prompt_tokens\":{},\"reported\":{},\"v\":{RECORD_VERSION}}}",
+            self.bytes_in,
+            self.bytes_out,
+            self.completion_tokens,
+            finite(total as f64 * price / 1000.0),
+            self.prompt_tokens,
+            self.reported,
+        )
     }
 }
 
@@ -286,5 +287,30 @@ mod tests {
         let decided = router.decide_recorded(&mut TestHost::with_headers(&[]), false, true);
         assert!(decided.record.is_none());
         assert!(!router.policy().counts_usage());
+    }
+
+    #[test]
+    fn a_usage_record_is_json_with_every_field() {
+        let record = UsageRecord {
+            prompt_tokens: 10,
+            completion_tokens: 30,
+            price_per_1k_tokens: 0.5,
+            bytes_in: 100,
+            bytes_out: 2000,
+            reported: true,
+        };
+        let json: Json = serde_json::from_str(&record.to_json("a\"b")).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"v": 1, "cluster": "a\"b", "reported": true, "prompt_tokens": 10,
+                "completion_tokens": 30, "price_per_1k_tokens": 0.5, "cost": 0.02,
+                "bytes_in": 100, "bytes_out": 2000})
+        );
+        let nan = UsageRecord {
+            price_per_1k_tokens: f64::NAN,
+            ..record
+        };
+        let json: Json = serde_json::from_str(&nan.to_json("a")).unwrap();
+        assert_eq!(json["cost"], 0.0);
     }
 }

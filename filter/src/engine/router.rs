@@ -17,7 +17,7 @@ pub struct Decided {
     pub decision: Arc<Decision>,
     pub served: Served,
     /// The decision record (one JSON line), when the policy keeps a log.
-    pub record: Option<String>,
+    pub record: Option<Arc<str>>,
 }
 
 /// A policy, its decision cache and the live snapshot it decides under.
@@ -106,37 +106,56 @@ impl Router {
         let policy = &self.policy;
         let live = self.live_view();
         let fetched = Fetched::fetch(host, &policy.needs);
-        let read = (policy.decision_log.as_ref())
-            .filter(|_| record)
-            .map(|log| fetched.read_values(&policy.needs, &|path| log.redacts(path)));
-        let (decision, served) = match &self.cache {
+        // Cached decisions keep their records, so a policy that keeps a
+        // log records every miss; hits reuse the record.
+        let log = policy.decision_log.as_ref();
+        let decide = |fetched: Fetched, trace: bool, served: Served, log: bool| {
+            let read = (policy.decision_log.as_ref())
+                .filter(|_| log)
+                .map(|l| fetched.read_values(&policy.needs, &|path| l.redacts(path)));
+            let attributes = fetched.into_attributes(&policy.needs);
+            let decision = policy.decide_with(&attributes, live.as_deref(), trace);
+            let record = read.map(|read| self.record(&decision, served, read, live.as_deref()));
+            (decision, record)
+        };
+        match &self.cache {
             Some(cache) if !trace => {
                 let epoch = policy
                     .reads_live
                     .then(|| live.as_ref().map_or(0, |v| v.epoch));
-                cache.get_or_decide(epoch, fetched, |fetched| {
-                    let attributes = fetched.into_attributes(&policy.needs);
-                    policy.decide_with(&attributes, live.as_deref(), false)
-                })
+                let (entry, served) = cache.get_or_decide(epoch, fetched, |fetched| {
+                    decide(fetched, false, Served::Missed, log.is_some())
+                });
+                Decided {
+                    decision: entry.decision,
+                    served,
+                    record: entry.record.filter(|_| record),
+                }
             }
             _ => {
-                let attributes = fetched.into_attributes(&policy.needs);
-                let decision = policy.decide_with(&attributes, live.as_deref(), trace);
-                (Arc::new(decision), Served::Evaluated)
+                let (decision, record) = decide(fetched, trace, Served::Evaluated, record);
+                Decided {
+                    decision: Arc::new(decision),
+                    served: Served::Evaluated,
+                    record: record.map(Arc::from),
+                }
             }
-        };
-        let record = read.map(|read| {
-            let live = (policy.reads_live).then(|| {
-                let clusters = live.as_deref().map(|view| self.live_record(view));
-                (policy.live_fields_read(), clusters.unwrap_or_default())
-            });
-            decision_record(policy.identity(), &decision, served, read, live, None)
-        });
-        Decided {
-            decision,
-            served,
-            record,
         }
+    }
+
+    /// A decision's record, with the live values it was decided under.
+    fn record(
+        &self,
+        decision: &Decision,
+        served: Served,
+        read: ReadValues,
+        live: Option<&LiveView>,
+    ) -> String {
+        let live = (self.policy.reads_live).then(|| {
+            let clusters = live.map(|view| self.live_record(view));
+            (self.policy.live_fields_read(), clusters.unwrap_or_default())
+        });
+        decision_record(self.policy.identity(), decision, served, read, live, None)
     }
 
     /// The record of a decision made without evaluating the policy (a

@@ -687,3 +687,46 @@ fn replay_restores_the_live_state_each_logged_decision_saw() {
     assert_eq!(report.constraint_violations, 0, "{shown}");
     assert!(report.constraints["healthy"].applied == 30, "{shown}");
 }
+
+#[test]
+fn a_policy_reading_what_the_log_did_not_record_is_unknown_and_the_gate_refuses_it() {
+    let work = tempfile::tempdir().unwrap();
+    let log = decision_log(work.path(), 40);
+    let log = log.to_str().unwrap();
+    let policy = std::fs::read_to_string(repo().join("policies/eu-residency-cost.yaml"))
+        .unwrap()
+        .replace(
+            "  - name: reasoning\n",
+            "  - name: trial-plans\n    when: request.headers[?'x-plan'].orValue('') == 'trial'\n    prefer: [onprem-fra]\n  - name: reasoning\n",
+        );
+    let new = work.path().join("plans.yaml");
+    std::fs::write(&new, policy).unwrap();
+    let new = new.to_str().unwrap();
+    let (code, out, err) = policy_host(&["replay", log, "--policy", new]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("unknown: 40 requests could not be replayed:\n  40: request.headers['x-plan'] was not recorded"),
+        "{out}"
+    );
+    assert!(out.contains("replayed 0 of 40 logged requests"), "{out}");
+
+    let live = tempfile::tempdir().unwrap();
+    let to = live.path().to_str().unwrap();
+    let (code, out, err) = policy_host(&[
+        "publish",
+        new,
+        "--to",
+        to,
+        "--no-tests",
+        "--replay",
+        log,
+        "--max-shift",
+        "5",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("not published: none of the 40 logged requests could be replayed"),
+        "{out}"
+    );
+    assert_eq!(std::fs::read_dir(live.path()).unwrap().count(), 0);
+}

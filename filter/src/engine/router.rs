@@ -106,12 +106,9 @@ impl Router {
         let policy = &self.policy;
         let live = self.live_view();
         let fetched = Fetched::fetch(host, &policy.needs);
-        // Cached decisions keep their records, so a policy that keeps a
-        // log records every miss; hits reuse the record.
-        let log = policy.decision_log.as_ref();
-        let decide = |fetched: Fetched, trace: bool, served: Served, log: bool| {
+        let decide = |fetched: Fetched, trace: bool, served: Served, record: bool| {
             let read = (policy.decision_log.as_ref())
-                .filter(|_| log)
+                .filter(|_| record)
                 .map(|l| fetched.read_values(&policy.needs, &|path| l.redacts(path)));
             let attributes = fetched.into_attributes(&policy.needs);
             let decision = policy.decide_with(&attributes, live.as_deref(), trace);
@@ -123,8 +120,10 @@ impl Router {
                 let epoch = policy
                     .reads_live
                     .then(|| live.as_ref().map_or(0, |v| v.epoch));
+                // Cached decisions keep their records, so a policy that
+                // keeps a log records every miss; hits reuse the record.
                 let (entry, served) = cache.get_or_decide(epoch, fetched, |fetched| {
-                    decide(fetched, false, Served::Missed, log.is_some())
+                    decide(fetched, false, Served::Missed, true)
                 });
                 Decided {
                     decision: entry.decision,

@@ -222,17 +222,18 @@ pub fn replay(
             .logged_versions
             .entry(entry.policy_version())
             .or_default() += 1;
-        let rebuilt = rebuild(&entry.record);
-        let missing = rebuilt.as_ref().map_err(Clone::clone).and_then(|r| {
-            let mut missing = r.missing_for(&new.description);
-            if let (None, Some(old)) = (&missing, &old) {
-                missing = r.missing_for(&old.description);
-            }
-            missing.map_or(Ok(()), Err)
+        // Unknown when it cannot be rebuilt, or either policy reads what
+        // its record lacks.
+        let rebuilt = rebuild(&entry.record).and_then(|rebuilt| {
+            let missing = (rebuilt.missing_for(&new.description)).or_else(|| {
+                old.as_ref()
+                    .and_then(|o| rebuilt.missing_for(&o.description))
+            });
+            missing.map_or(Ok(rebuilt), Err)
         });
-        let rebuilt = match (rebuilt, missing) {
-            (Ok(rebuilt), Ok(())) => rebuilt,
-            (_, Err(reason)) | (Err(reason), _) => {
+        let rebuilt = match rebuilt {
+            Ok(rebuilt) => rebuilt,
+            Err(reason) => {
                 *report.unknown.entry(reason).or_default() += 1;
                 report.unknown_total += 1;
                 continue;

@@ -105,7 +105,7 @@ fn generated() -> Vec<Bad> {
         bad(
             "a regex too large to compile",
             rule("request.path.matches('((a{100}){100}){100}')".to_string()),
-            "rule 'big' (rules[0]): require: '((a{100}){100}){100}' is not a valid regular expression: it compiles to more than",
+            "rule 'big' (rules[0]): require: '((a{100}){100}){100}' is not a valid regular expression: compiled regex exceeded size limit",
         ),
     ]
 }

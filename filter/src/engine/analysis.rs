@@ -439,19 +439,7 @@ impl<'a> Analysis<'a> {
         else {
             return;
         };
-        if let Err(e) = regex::Regex::new(pattern.inner()) {
-            let reason = match &e {
-                regex::Error::CompiledTooBig(limit) => {
-                    format!("it compiles to more than {limit} bytes")
-                }
-                _ => e
-                    .to_string()
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .trim_start_matches("error: ")
-                    .to_string(),
-            };
+        if let Err(reason) = regex_lite::Regex::new(pattern.inner()) {
             self.problem(
                 id,
                 format!(

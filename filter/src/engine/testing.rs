@@ -370,3 +370,8 @@ default: eu-a
         }
     }
 }
+
+/// The CEL environment policies are compiled and run in.
+pub fn policy_env() -> cel::Env {
+    super::analysis::policy_env()
+}

@@ -636,3 +636,86 @@ fn percent(part: usize, whole: usize) -> String {
         format!("{:.1}%", 100.0 * part as f64 / whole as f64)
     }
 }
+
+// ---- regular expressions and time zones -----------------------------------
+
+fn eval(env: &Arc<Env>, source: &str) -> Result<Value, String> {
+    let program = env.compile(source).map_err(|e| e.to_string())?;
+    program
+        .execute(&Context::with_env(env.clone()))
+        .map_err(|e| e.to_string())
+}
+
+/// `matches()` follows RE2 where docs/policy-reference.md says so, and
+/// differs where it says so.
+#[test]
+fn matches_follows_re2() {
+    let env = env();
+    let cases: &[(&str, bool)] = &[
+        (r"'gpt-4o-mini'.matches('^gpt-[0-9]+o?(-mini)?$')", true),
+        (r"'abc123'.matches('\\d+')", true),
+        (r"'abc'.matches('^\\w+$')", true),
+        (r"'a b'.matches('a\\sb')", true),
+        (r"'foo bar'.matches('\\bbar\\b')", true),
+        (r"'foobar'.matches('\\bbar\\b')", false),
+        (r"'GPT-4'.matches('(?i)^gpt')", true),
+        (r"'aaa'.matches('^a+?$')", true),
+        (r"'x\ny'.matches('x.y')", false),
+        (r"'x\ny'.matches('(?s)x.y')", true),
+        (r"'a\nb'.matches('(?m)^b$')", true),
+        (r"'Straße'.matches('^[[:alpha:]]+$')", false),
+        (r"'abc'.matches('^[[:alpha:]]+$')", true),
+        (r"'embed-v3'.matches('(?i)embed|bge|e5-')", true),
+        (r"'ÿ'.matches('^.$')", true),
+        (r"'k-1'.matches('^(?P<kind>[a-z])-(?P<n>\\d)$')", true),
+        // ASCII classes, as RE2's.
+        (r"'é'.matches('^\\w$')", false),
+        (r"'٣'.matches('^\\d$')", false),
+        // Case folding is ASCII only (RE2 folds Unicode letters).
+        (r"'É'.matches('(?i)^é$')", false),
+    ];
+    for (source, expected) in cases {
+        assert_eq!(eval(&env, source), Ok(Value::Bool(*expected)), "{source}");
+    }
+    for pattern in [r"\\p{Greek}", r"\\pL", "(?=a)", r"(a)\\1"] {
+        let source = format!("'a'.matches('{pattern}')");
+        assert!(eval(&env, &source).is_err(), "{source} should fail");
+    }
+}
+
+/// Every zone docs/policy-reference.md lists is compiled in, its aliases
+/// too, and a zone left out is an error.
+#[test]
+fn documented_time_zones_are_compiled_in() {
+    let env = env();
+    let doc = std::fs::read_to_string(repository().join("docs/policy-reference.md")).unwrap();
+    let (start, end) = (
+        doc.find("<!-- time zones: start -->").unwrap(),
+        doc.find("<!-- time zones: end -->").unwrap(),
+    );
+    let zones: Vec<&str> = doc[start..end]
+        .trim_start_matches("<!-- time zones: start -->")
+        .split(',')
+        .map(str::trim)
+        .filter(|z| !z.is_empty())
+        .collect();
+    assert!(zones.len() > 50, "{} zones listed", zones.len());
+    let offset_of = |zone: &str| {
+        eval(
+            &env,
+            &format!("timestamp('2009-02-13T23:31:30Z').getHours('{zone}')"),
+        )
+    };
+    for zone in zones.iter().chain(&["Asia/Calcutta", "+05:30", "-02:00"]) {
+        assert!(
+            matches!(offset_of(zone), Ok(Value::Int(_))),
+            "{zone}: {:?}",
+            offset_of(zone)
+        );
+    }
+    assert_eq!(offset_of("Asia/Tokyo"), Ok(Value::Int(8)));
+    assert_eq!(offset_of("America/St_Johns"), Ok(Value::Int(20)));
+    for missing in ["Asia/Kabul", "America/Anchorage", "Mars/Olympus"] {
+        assert!(offset_of(missing).is_err(), "{missing} is compiled in");
+    }
+}

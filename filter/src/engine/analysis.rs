@@ -75,6 +75,34 @@ impl FunctionCatalog {
     }
 }
 
+impl FunctionCatalog {
+    /// Why `zone` is not a time zone the timestamp functions accept, or
+    /// `None` when it is: cel itself is asked, on a fixed timestamp.
+    pub(crate) fn time_zone_error(&self, zone: &str) -> Option<String> {
+        let program = self
+            .env
+            .compile("timestamp('2000-01-01T00:00:00Z').getHours(zone)")
+            .ok()?;
+        let mut context = Context::with_env(self.env.clone());
+        context.add_variable_from_value("zone", zone.to_string());
+        program.execute(&context).err().map(|e| e.to_string())
+    }
+}
+
+/// The timestamp functions that take a time zone as their argument.
+const TIME_ZONE_FUNCTIONS: [&str; 10] = [
+    "getFullYear",
+    "getMonth",
+    "getDayOfYear",
+    "getDayOfMonth",
+    "getDate",
+    "getDayOfWeek",
+    "getHours",
+    "getMinutes",
+    "getSeconds",
+    "getMilliseconds",
+];
+
 /// 1-based line and column (in characters) of a byte offset.
 pub(crate) fn column_of(source: &str, offset: usize) -> (usize, usize) {
     let before = source.get(..offset).unwrap_or(source);
@@ -396,6 +424,25 @@ impl<'a> Analysis<'a> {
                 call.args.get(1)
             };
             self.regex(id, pattern);
+        }
+        if call.target.is_some() && TIME_ZONE_FUNCTIONS.contains(&name) {
+            // `t.getHours('Europe/Paris')`: a zone written as a literal must
+            // be one compiled in, else every evaluation would fail.
+            if let [IdedExpr {
+                expr: Expr::Literal(LiteralValue::String(zone)),
+                ..
+            }] = call.args.as_slice()
+            {
+                if let Some(reason) = self.known.time_zone_error(zone.inner()) {
+                    self.problem(
+                        id,
+                        format!(
+                            "'{}' is not a time zone celroute knows ({reason}); the zones compiled in are listed in docs/policy-reference.md",
+                            zone.inner()
+                        ),
+                    );
+                }
+            }
         }
         let is_operator = name.starts_with('_')
             || name.starts_with('@')

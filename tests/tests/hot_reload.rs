@@ -62,9 +62,12 @@ fn a_published_policy_decides_the_next_request_on_open_and_new_connections() {
             .unwrap()
             >= 2
     );
-    assert!(live.envoy().log_text().contains(&format!(
-        "loaded policy 'to-azure-westeurope' version {version}"
-    )));
+    let loaded = format!("loaded policy 'to-azure-westeurope' version {version}");
+    assert!(
+        live.envoy().log_shows(&loaded, Duration::from_secs(5)),
+        "no '{loaded}' in the log:\n{}",
+        live.envoy().log_text()
+    );
 }
 
 #[test]

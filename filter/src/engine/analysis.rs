@@ -73,9 +73,7 @@ impl FunctionCatalog {
         let mut context = Context::with_env(self.env.clone());
         context.add_function(name, || true).is_err()
     }
-}
 
-impl FunctionCatalog {
     /// Why `zone` is not a time zone the timestamp functions accept, or
     /// `None` when it is: cel itself is asked, on a fixed timestamp.
     pub(crate) fn time_zone_error(&self, zone: &str) -> Option<String> {

@@ -372,10 +372,12 @@ fn main() -> Result<()> {
     }) {
         let config = envoy_config(&subject.filter, upstream.listener.port(), &wasm_dir)?;
         // Start-up ends with the first response routed through the filter;
-        // each configuration starts `startup_runs` times, the last one stays.
+        // each configuration starts `startup_runs` times, and each start
+        // replaces (stops) the one before: the last one stays.
         let mut starts = Vec::new();
         let mut last = None;
-        for run in 0..options.startup_runs {
+        for _ in 0..options.startup_runs {
+            drop(last.take());
             let begin = Instant::now();
             let envoy =
                 Envoy::start(&config).with_context(|| format!("starting '{}'", subject.name))?;
@@ -384,9 +386,7 @@ fn main() -> Result<()> {
             if status != 200 {
                 bail!("'{}': first proxied request got {status}", subject.name);
             }
-            if run + 1 == options.startup_runs {
-                last = Some(envoy);
-            }
+            last = Some(envoy);
         }
         let Some(envoy) = last else {
             bail!("'{}' was not started", subject.name);

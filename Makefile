@@ -123,12 +123,13 @@ bench: wasm
 bench-native:
 	cargo bench -p celroute --bench decide
 
-# Envoy alone vs the header-only wasm floor vs Lua vs celroute (5/20/100 rules),
-# direct-response and proxied routes, under wrk on loopback. About 8 minutes;
-# writes target/bench-envoy/results.md and results.json.
+# Envoy alone vs the header-only wasm floor vs Lua vs an ext_proc processor vs
+# celroute (5/20/100 rules), direct-response and proxied routes, under wrk on
+# loopback. About 10 minutes; writes target/bench-envoy/results.md and results.json.
 bench-envoy: setup
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	cargo build -p celroute -p header-only --target wasm32-wasip1 --release
+	cargo build -p celroute-ext-proc --release
 	cargo build -p celroute-tests --bin bench-envoy
 	target/debug/bench-envoy $(BENCH_ARGS)
 

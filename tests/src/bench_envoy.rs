@@ -1,11 +1,12 @@
 //! The Envoy side of the benchmark: configurations with each filter under
-//! comparison (none, the header-only floor, Lua, celroute) on loopback, the
-//! upstream of their proxied route, and the check that two of them decide
-//! alike. Used by `bench-envoy` and by the tests.
+//! comparison (none, the header-only floor, Lua, an external processor,
+//! celroute) on loopback, the upstream of their proxied route, the external
+//! processor's process, and the check that two of them decide alike. Used by
+//! `bench-envoy` and by the tests.
 
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use serde_json::json;
 
 use crate::bench::{self, CLUSTERS};
@@ -13,6 +14,8 @@ use crate::envoy::{free_port, Config, Envoy};
 use crate::http::Connection;
 
 pub const ROUTING_HEADER: &str = "x-celroute-cluster";
+/// The cluster of the external processor in the ext_proc configuration.
+pub const EXT_PROC_CLUSTER: &str = "celroute_ext_proc";
 
 /// What a celroute configuration adds to the `n`-rule policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +44,13 @@ pub enum Filter {
     HeaderOnly,
     Lua {
         rules: usize,
+    },
+    /// Envoy's ext_proc filter asking an external processor (gRPC on
+    /// 127.0.0.1:`port`, such as `celroute-ext-proc`) for each request's
+    /// headers; the processor decides.
+    ExtProc {
+        rules: usize,
+        port: u16,
     },
     Celroute {
         rules: usize,
@@ -88,6 +98,22 @@ pub fn envoy_config(filter: &Filter, upstream: u16, wasm_dir: &Path) -> Result<C
                 "default_source_code": {"inline_string": bench::lua(*rules, ROUTING_HEADER)},
             },
         })),
+        Filter::ExtProc { .. } => http_filters.push(json!({
+            "name": "envoy.filters.http.ext_proc",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+                "grpc_service": {"envoy_grpc": {"cluster_name": EXT_PROC_CLUSTER}, "timeout": "1s"},
+                "failure_mode_allow": false,
+                "processing_mode": {
+                    "request_header_mode": "SEND",
+                    "response_header_mode": "SKIP",
+                    "request_body_mode": "NONE",
+                    "response_body_mode": "NONE",
+                    "request_trailer_mode": "SKIP",
+                    "response_trailer_mode": "SKIP",
+                },
+            },
+        })),
         Filter::Celroute {
             rules,
             cache,
@@ -113,7 +139,7 @@ pub fn envoy_config(filter: &Filter, upstream: u16, wasm_dir: &Path) -> Result<C
         Filter::None => json!({"cluster": "cluster-0"}),
         _ => json!({"cluster_header": ROUTING_HEADER}),
     };
-    let clusters: Vec<_> = (0..CLUSTERS)
+    let mut clusters: Vec<_> = (0..CLUSTERS)
         .map(|i| {
             json!({
                 "name": bench::cluster(i).0,
@@ -126,6 +152,23 @@ pub fn envoy_config(filter: &Filter, upstream: u16, wasm_dir: &Path) -> Result<C
             })
         })
         .collect();
+    if let Filter::ExtProc { port, .. } = filter {
+        clusters.push(json!({
+            "name": EXT_PROC_CLUSTER,
+            "connect_timeout": "1s",
+            "type": "STATIC",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                },
+            },
+            "load_assignment": {
+                "cluster_name": EXT_PROC_CLUSTER,
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
+            },
+        }));
+    }
     let routes = json!([
         {
             "match": {"prefix": "/v1/direct"},
@@ -233,4 +276,61 @@ pub fn same_decisions(
         }
     }
     Ok(requests.len())
+}
+
+/// `celroute-ext-proc` running as its own process on a free loopback port,
+/// deciding with `policy`; stopped when dropped.
+pub struct ExtProcess {
+    child: std::process::Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl ExtProcess {
+    pub fn start(binary: &Path, policy: &str) -> Result<ExtProcess> {
+        use std::io::BufRead as _;
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("policy.yaml");
+        std::fs::write(&file, policy)?;
+        let mut child = std::process::Command::new(binary)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--policy")
+            .arg(&file)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut line = String::new();
+        if let Some(stdout) = child.stdout.take() {
+            std::io::BufReader::new(stdout).read_line(&mut line)?;
+        }
+        let port = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.port());
+        match port {
+            Some(port) => Ok(ExtProcess {
+                child,
+                port,
+                _dir: dir,
+            }),
+            None => {
+                let _ = child.kill();
+                let status = child.wait()?;
+                bail!("{} did not start ({status}): {line:?}", binary.display())
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ExtProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -6,7 +6,9 @@
 
 use std::collections::BTreeSet;
 
-use celroute_tests::bench::{denied_requests, routed_requests, CHAT_BODY, SSE_COMPLETION};
+use celroute_tests::bench::{
+    denied_requests, policy_yaml, routed_requests, CHAT_BODY, SSE_COMPLETION,
+};
 use celroute_tests::bench_envoy::{
     envoy_config, probe, same_decisions, upstream_config, Filter, Variant,
 };
@@ -183,4 +185,83 @@ fn the_body_and_stream_workloads_are_decided_and_counted() {
         .sum();
     }
     assert_eq!(counted, 20, "2 completion tokens in each of 10 streams");
+}
+
+/// The benchmark's rival design decides alike: Envoy's ext_proc filter
+/// asking `celroute-ext-proc` (the engine outside the proxy, over gRPC)
+/// answers every request of the mix as the in-proxy filter does, routed
+/// requests reach the upstream through the chosen cluster, and the
+/// processor made each decision.
+#[test]
+fn the_ext_proc_processor_decides_like_the_filter() {
+    use std::sync::atomic::Ordering;
+
+    let wasm_dir = wasm_dir();
+    let processor = celroute_ext_proc::Processor::new(&policy_yaml(20, None)).unwrap();
+    let decisions = processor.decisions();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            processor.serve(listener).await.unwrap();
+        });
+    });
+
+    let upstream = Envoy::start(&upstream_config().unwrap()).expect("upstream");
+    let upstream_port = upstream.listener.port();
+    let ext = Envoy::start(
+        &envoy_config(
+            &Filter::ExtProc { rules: 20, port },
+            upstream_port,
+            &wasm_dir,
+        )
+        .unwrap(),
+    )
+    .expect("Envoy with ext_proc");
+    let cel = Envoy::start(
+        &envoy_config(
+            &Filter::Celroute {
+                rules: 20,
+                cache: true,
+                variant: Variant::Plain,
+            },
+            upstream_port,
+            &wasm_dir,
+        )
+        .unwrap(),
+    )
+    .expect("celroute Envoy");
+
+    let mut requests = routed_requests(64);
+    requests.extend(denied_requests());
+    let n = same_decisions(("ext_proc", &ext), ("celroute", &cel), &requests).unwrap();
+    assert_eq!(n, requests.len());
+    assert_eq!(
+        decisions.load(Ordering::Relaxed),
+        requests.len() as u64,
+        "the processor decided every request"
+    );
+
+    // Denials come back as the filter's local reply, with its JSON body.
+    let (status, _, body) = probe(&ext, "/v1/direct/chat", &denied_requests()[0]).unwrap();
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["code"], "policy_denied", "{body}");
+    // A client's own routing header never picks the cluster.
+    let honest = probe(&ext, "/v1/direct/chat", &routed_requests(1)[0]).unwrap();
+    let other = if honest.1 == "cluster-0" {
+        "cluster-1"
+    } else {
+        "cluster-0"
+    };
+    let mut spoofed = routed_requests(1)[0].clone();
+    spoofed.push(("x-celroute-cluster".into(), other.into()));
+    assert_eq!(probe(&ext, "/v1/direct/chat", &spoofed).unwrap(), honest);
+    let (status, _, body) = probe(&ext, "/v1/proxied/chat", &routed_requests(1)[0]).unwrap();
+    assert_eq!((status, body.as_str()), (200, Some("upstream ok")));
 }

@@ -1,9 +1,11 @@
 //! Throughput and latency of Envoy with celroute, side by side with Envoy
-//! alone, the least a proxy-wasm routing filter does, and Envoy's Lua filter
-//! making the same decision.
+//! alone, the least a proxy-wasm routing filter does, Envoy's Lua filter
+//! making the same decision, and the same decision made outside Envoy by an
+//! external processor (`celroute-ext-proc`, ext_proc over gRPC).
 //!
 //! In one run: starts an upstream and every configuration on loopback, checks
-//! that the Lua filter and celroute decide every request of the mix alike,
+//! that the Lua filter, the external processor and celroute decide every
+//! request of the mix alike,
 //! then drives the same bounded `wrk` load against each configuration in
 //! turn, on a direct-response route (the filter's cost alone) and a proxied
 //! one, for several rounds. Prints one table of medians (req/s, p50, p99,
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _, Result};
 use celroute_tests::bench;
 use celroute_tests::bench_envoy::{
-    envoy_config, probe, same_decisions, upstream_config, Filter, Variant,
+    envoy_config, probe, same_decisions, upstream_config, ExtProcess, Filter, Variant,
 };
 use celroute_tests::envoy::Envoy;
 use celroute_tests::repo_root;
@@ -30,6 +32,14 @@ use serde::Serialize;
 /// that they do not take turns on the same core.
 const ENVOY_CPU: &str = "1";
 const LOAD_CPU: &str = "0";
+/// The external processor, built by `make bench-envoy` (release); the
+/// environment variable `CELROUTE_EXT_PROC` names another build.
+fn ext_proc_binary() -> PathBuf {
+    std::env::var_os("CELROUTE_EXT_PROC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/release/celroute-ext-proc"))
+}
+
 /// Distinct requests in the load mix.
 const MIX: usize = 64;
 
@@ -106,6 +116,11 @@ fn subjects() -> Vec<Subject> {
             filter: Filter::Lua { rules },
         });
     }
+    out.push(Subject {
+        name: "ext_proc processor (Rust, gRPC), same decision, 20 rules".into(),
+        // The port is the processor's, known once it runs.
+        filter: Filter::ExtProc { rules: 20, port: 0 },
+    });
     for rules in [5, 20, 100] {
         out.push(Subject {
             name: format!("celroute, {rules} rules"),
@@ -213,6 +228,9 @@ struct WrkResult {
     /// Envoy's CPU time over the run divided by the requests served.
     #[serde(default)]
     cpu_us_per_request: f64,
+    /// The external processor's, likewise (0 without one).
+    #[serde(default)]
+    processor_cpu_us_per_request: f64,
 }
 
 fn wrk(options: &Options, script: &Path, address: std::net::SocketAddr) -> Result<WrkResult> {
@@ -309,7 +327,10 @@ struct Row {
     requests_per_second: f64,
     p50_us: f64,
     p99_us: f64,
+    /// Envoy's CPU per request plus the external processor's, if any.
     cpu_us_per_request: f64,
+    /// The external processor's part of it.
+    processor_cpu_us_per_request: Option<f64>,
     peak_rss_mib: Option<f64>,
     ratio_to_envoy: f64,
     ratio_to_floor: f64,
@@ -342,6 +363,8 @@ struct Running {
     subject: Subject,
     envoy: Envoy,
     started: Duration,
+    /// The external processor of an ext_proc configuration (stopped after Envoy).
+    processor: Option<ExtProcess>,
 }
 
 fn main() -> Result<()> {
@@ -370,6 +393,27 @@ fn main() -> Result<()> {
             || options.only.iter().any(|o| s.name.contains(o.as_str()));
         wanted.then_some(s)
     }) {
+        let mut subject = subject;
+        // An external processor runs on Envoy's CPU: both share its budget.
+        let processor = match subject.filter {
+            Filter::ExtProc { rules, .. } => {
+                let binary = ext_proc_binary();
+                if !binary.is_file() {
+                    bail!(
+                        "{} is missing: `make bench-envoy` builds it",
+                        binary.display()
+                    );
+                }
+                let process = ExtProcess::start(&binary, &bench::policy_yaml(rules, None))?;
+                pin(process.pid(), ENVOY_CPU)?;
+                subject.filter = Filter::ExtProc {
+                    rules,
+                    port: process.port,
+                };
+                Some(process)
+            }
+            _ => None,
+        };
         let config = envoy_config(&subject.filter, upstream.listener.port(), &wasm_dir)?;
         // Start-up ends with the first response routed through the filter;
         // each configuration starts `startup_runs` times, and each start
@@ -406,6 +450,7 @@ fn main() -> Result<()> {
             subject,
             envoy,
             started,
+            processor,
         });
     }
 
@@ -440,21 +485,30 @@ fn main() -> Result<()> {
     for round in 1..=options.rounds {
         for (s, run) in running.iter().enumerate() {
             for (r, (route, _, _)) in routes.iter().enumerate() {
+                let processor_cpu = || run.processor.as_ref().map(|p| cpu_time(p.pid()));
                 let cpu_before = cpu_time(run.envoy.pid());
+                let processor_before = processor_cpu();
                 let mut result = wrk(&options, &script_paths[r], run.envoy.listener)
                     .with_context(|| format!("'{}', {route}", run.subject.name))?;
-                result.cpu_us_per_request = (cpu_time(run.envoy.pid()) - cpu_before).as_secs_f64()
-                    * 1e6
-                    / result.requests as f64;
+                let per_request = |cpu: Duration| cpu.as_secs_f64() * 1e6 / result.requests as f64;
+                result.cpu_us_per_request = per_request(cpu_time(run.envoy.pid()) - cpu_before);
+                if let (Some(after), Some(before)) = (processor_cpu(), processor_before) {
+                    result.processor_cpu_us_per_request = per_request(after - before);
+                }
                 println!(
-                    "round {round}/{}  {:<45} {:<16} {:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  Envoy CPU {:>5.1} µs/req",
+                    "round {round}/{}  {:<45} {:<16} {:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  Envoy CPU {:>5.1} µs/req{}",
                     options.rounds,
                     run.subject.name,
                     route,
                     rps(&result),
                     result.p50_us,
                     result.p99_us,
-                    result.cpu_us_per_request
+                    result.cpu_us_per_request,
+                    if run.processor.is_some() {
+                        format!("  processor CPU {:>5.1} µs/req", result.processor_cpu_us_per_request)
+                    } else {
+                        String::new()
+                    }
                 );
                 results.entry((s, r)).or_default().push(result);
             }
@@ -482,8 +536,19 @@ fn main() -> Result<()> {
                 p50_us: median(&mut all.iter().map(|x| x.p50_us as f64).collect::<Vec<_>>()),
                 p99_us: median(&mut all.iter().map(|x| x.p99_us as f64).collect::<Vec<_>>()),
                 cpu_us_per_request: median(
-                    &mut all.iter().map(|x| x.cpu_us_per_request).collect::<Vec<_>>(),
+                    &mut all
+                        .iter()
+                        .map(|x| x.cpu_us_per_request + x.processor_cpu_us_per_request)
+                        .collect::<Vec<_>>(),
                 ),
+                processor_cpu_us_per_request: run.processor.is_some().then(|| {
+                    median(
+                        &mut all
+                            .iter()
+                            .map(|x| x.processor_cpu_us_per_request)
+                            .collect::<Vec<_>>(),
+                    )
+                }),
                 peak_rss_mib: peak_rss_mib(run.envoy.pid()),
                 ratio_to_envoy: rps_value / median_rps(envoy_index, r),
                 ratio_to_floor: rps_value / median_rps(floor_index, r),
@@ -515,7 +580,7 @@ fn main() -> Result<()> {
         cpu: cpu_model(),
         envoy: envoy_version(),
         load: format!(
-            "wrk -t{} -c{} -d{}s, {} rounds, {MIX} distinct routed requests in turn; Envoy --concurrency 1; all on loopback",
+            "wrk -t{} -c{} -d{}s, {} rounds, {MIX} distinct routed requests in turn; Envoy --concurrency 1 pinned to one CPU, the external processor (one thread) on the same CPU, wrk and the upstream on the other; all on loopback",
             options.threads, options.connections, options.duration, options.rounds
         ),
         rows,
@@ -557,7 +622,7 @@ fn check_same_decisions(running: &[Running]) -> Result<()> {
     requests.extend(bench::denied_requests());
     let mut checked = 0;
     for lua in running {
-        let Filter::Lua { rules } = lua.subject.filter else {
+        let (Filter::Lua { rules } | Filter::ExtProc { rules, .. }) = lua.subject.filter else {
             continue;
         };
         for cel in running {
@@ -573,9 +638,13 @@ fn check_same_decisions(running: &[Running]) -> Result<()> {
         }
     }
     if checked == 0 {
-        println!("no Lua/celroute pair of the same size to compare");
+        println!(
+            "no Lua or ext_proc configuration with a celroute one of the same size to compare"
+        );
     } else {
-        println!("Lua and celroute agree on {checked} decisions (routed and denied requests)");
+        println!(
+            "Lua, ext_proc and celroute agree on {checked} decisions (routed and denied requests)"
+        );
     }
     Ok(())
 }
@@ -621,16 +690,18 @@ fn markdown(report: &Report) -> String {
         "Measured {} on {} cores ({}), {}; {}.\n\n",
         report.date, report.cores, report.cpu, report.envoy, report.load
     );
-    out.push_str("| configuration | route | req/s | p50 | p99 | Envoy CPU per request | Envoy peak RSS | ratio to Envoy alone | ratio to header-only floor |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("| configuration | route | req/s | p50 | p99 | CPU per request (Envoy + processor) | Envoy peak RSS | ratio to Envoy alone | ratio to header-only floor |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for row in &report.rows {
         out.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} µs | {:.0} µs | {:.1} µs | {} | {:.2} | {:.2} |\n",
+            "| {} | {} | {:.0} | {:.0} µs | {:.0} µs | {:.1} µs{} | {} | {:.2} | {:.2} |\n",
             row.configuration,
             row.route,
             row.requests_per_second,
             row.p50_us,
             row.p99_us,
             row.cpu_us_per_request,
+            row.processor_cpu_us_per_request
+                .map_or(String::new(), |p| format!(" ({p:.1} µs processor)")),
             row.peak_rss_mib
                 .map_or("?".to_string(), |m| format!("{m:.0} MiB")),
             row.ratio_to_envoy,

@@ -23,6 +23,17 @@ fn wasm_dir() -> std::path::PathBuf {
         .to_path_buf()
 }
 
+/// Envoy with the benchmark's 20-rule celroute policy (cache on) in `variant`.
+fn celroute_envoy(variant: Variant, upstream_port: u16) -> Envoy {
+    let filter = Filter::Celroute {
+        rules: 20,
+        cache: true,
+        variant,
+    };
+    Envoy::start(&envoy_config(&filter, upstream_port, &wasm_dir()).unwrap())
+        .unwrap_or_else(|e| panic!("celroute Envoy ({variant:?}): {e:#}"))
+}
+
 #[test]
 fn lua_and_celroute_benchmark_filters_decide_alike() {
     let wasm_dir = wasm_dir();
@@ -30,47 +41,11 @@ fn lua_and_celroute_benchmark_filters_decide_alike() {
     let port = upstream.listener.port();
     let lua = Envoy::start(&envoy_config(&Filter::Lua { rules: 20 }, port, &wasm_dir).unwrap())
         .expect("Lua Envoy");
-    let cel = Envoy::start(
-        &envoy_config(
-            &Filter::Celroute {
-                rules: 20,
-                cache: true,
-                variant: Variant::Live,
-            },
-            port,
-            &wasm_dir,
-        )
-        .unwrap(),
-    )
-    .expect("celroute Envoy");
+    let cel = celroute_envoy(Variant::Live, port);
 
     // The benchmark's plain celroute configuration decides alike too.
-    let plain = Envoy::start(
-        &envoy_config(
-            &Filter::Celroute {
-                rules: 20,
-                cache: true,
-                variant: Variant::Plain,
-            },
-            port,
-            &wasm_dir,
-        )
-        .unwrap(),
-    )
-    .expect("celroute Envoy without live state");
-    let logged = Envoy::start(
-        &envoy_config(
-            &Filter::Celroute {
-                rules: 20,
-                cache: true,
-                variant: Variant::DecisionLog,
-            },
-            port,
-            &wasm_dir,
-        )
-        .unwrap(),
-    )
-    .expect("celroute Envoy keeping a decision log");
+    let plain = celroute_envoy(Variant::Plain, port);
+    let logged = celroute_envoy(Variant::DecisionLog, port);
 
     let mut requests = routed_requests(64);
     requests.extend(denied_requests());
@@ -114,17 +89,9 @@ fn lua_and_celroute_benchmark_filters_decide_alike() {
 /// streamed route's usage is counted.
 #[test]
 fn the_body_and_stream_workloads_are_decided_and_counted() {
-    let wasm_dir = wasm_dir();
     let upstream = Envoy::start(&upstream_config().unwrap()).expect("upstream");
     let port = upstream.listener.port();
-    let start = |variant| {
-        let filter = Filter::Celroute {
-            rules: 20,
-            cache: true,
-            variant,
-        };
-        Envoy::start(&envoy_config(&filter, port, &wasm_dir).unwrap()).expect("celroute Envoy")
-    };
+    let start = |variant| celroute_envoy(variant, port);
     let headers: Vec<(String, String)> = routed_requests(1)[0].clone();
     let mut with_type: Vec<(&str, &[u8])> = headers
         .iter()
@@ -224,19 +191,7 @@ fn the_ext_proc_processor_decides_like_the_filter() {
         .unwrap(),
     )
     .expect("Envoy with ext_proc");
-    let cel = Envoy::start(
-        &envoy_config(
-            &Filter::Celroute {
-                rules: 20,
-                cache: true,
-                variant: Variant::Plain,
-            },
-            upstream_port,
-            &wasm_dir,
-        )
-        .unwrap(),
-    )
-    .expect("celroute Envoy");
+    let cel = celroute_envoy(Variant::Plain, upstream_port);
 
     let mut requests = routed_requests(64);
     requests.extend(denied_requests());

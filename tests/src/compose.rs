@@ -180,6 +180,9 @@ pub struct Sample {
     pub cloud: Option<String>,
     pub replica: Option<String>,
     pub decision: Option<String>,
+    /// For an answer from no cloud: what came back instead (status, body,
+    /// the replica's decision header), or why nothing did.
+    pub failure: Option<String>,
 }
 
 const BODY: &[u8] = br#"{"model":"celroute-sim","messages":[{"role":"user","content":"route me somewhere cheap"}]}"#;
@@ -194,12 +197,18 @@ fn send_on(connection: &mut Connection, headers: &[(&str, &str)]) -> Result<Samp
     let mut pairs: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
     pairs.push(("content-type", b"application/json"));
     let reply = connection.send("POST", "/v1/chat/completions", &pairs, BODY)?;
+    let cloud = reply.cloud().map(str::to_string);
+    let decision = reply.header("x-celroute-decision").map(str::to_string);
     Ok(Sample {
         eu: headers.contains(&("x-user-region", "eu")),
         status: reply.status,
-        cloud: reply.cloud().map(str::to_string),
+        failure: cloud.is_none().then(|| {
+            let body: String = reply.body.chars().take(300).collect();
+            format!("{} {body:?} (decision: {decision:?})", reply.status)
+        }),
+        cloud,
         replica: reply.header("x-celroute-replica").map(str::to_string),
-        decision: reply.header("x-celroute-decision").map(str::to_string),
+        decision,
     })
 }
 
@@ -229,7 +238,7 @@ impl Load {
                         }
                         let sample = match connection.as_mut().map(|c| send_on(c, &headers)) {
                             Some(Ok(sample)) => sample,
-                            _ => {
+                            other => {
                                 connection = None;
                                 Sample {
                                     eu: i % 2 == 0,
@@ -237,6 +246,10 @@ impl Load {
                                     cloud: None,
                                     replica: None,
                                     decision: None,
+                                    failure: Some(match other {
+                                        Some(Err(e)) => format!("no answer: {e:#}"),
+                                        _ => "no connection".into(),
+                                    }),
                                 }
                             }
                         };
@@ -455,6 +468,7 @@ mod tests {
             cloud: cloud.map(str::to_string),
             replica: Some("celroute-1".into()),
             decision: None,
+            failure: None,
         }
     }
 

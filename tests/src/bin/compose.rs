@@ -194,8 +194,12 @@ fn scenarios(compose: &Compose, check: bool) -> Result<()> {
     compose.stop("azure")?;
     let stop_took = stopping.elapsed();
     std::thread::sleep(Duration::from_secs(3));
-    let during = Phase::of(&load.take());
+    let stopped = load.take();
+    let during = Phase::of(&stopped);
     show("4. docker compose stop azure (under load)", &during);
+    for failure in stopped.iter().filter_map(|s| s.failure.as_deref()).take(5) {
+        println!("   failed: {failure}");
+    }
     println!(
         "   stop took {} ms; {} of {} requests failed during and after it",
         stop_took.as_millis(),

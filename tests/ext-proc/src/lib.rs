@@ -36,7 +36,8 @@ use tokio_stream::{Stream, StreamExt as _};
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
-/// The processor: one policy, shared by every stream.
+/// The processor: one policy, shared by every stream (clones share it).
+#[derive(Clone)]
 pub struct Processor {
     router: Arc<Router>,
     decisions: Arc<AtomicU64>,
@@ -154,10 +155,7 @@ impl ExternalProcessor for Processor {
     ) -> Result<Response<Self::ProcessStream>, Status> {
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(4);
-        let me = Processor {
-            router: self.router.clone(),
-            decisions: self.decisions.clone(),
-        };
+        let me = self.clone();
         tokio::spawn(async move {
             while let Some(message) = incoming.next().await {
                 let answer = message.map(|m| me.answer(m));

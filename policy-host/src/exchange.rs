@@ -7,13 +7,94 @@ use std::collections::HashMap;
 use crate::request::{BodySpec, MtlsSpec, RequestSpec};
 use crate::wire::{serialize_map, HeaderMap};
 
-/// A local reply the guest sent (`proxy_send_local_response`).
+/// A local reply the guest sent (`proxy_send_local_response`), as it
+/// asked for it (header names lower-cased, as Envoy adds them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalResponse {
     pub status: u32,
     pub details: String,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    /// The gRPC status asked for (0-16), if any.
+    pub grpc_status: Option<u32>,
+}
+
+impl LocalResponse {
+    /// The response Envoy 1.40 makes of this reply (`Utility::encodeLocalReply`):
+    /// to a gRPC request, a trailers-only gRPC response (`:status` 200,
+    /// `content-type: application/grpc`, `grpc-status` as asked or mapped
+    /// from the HTTP status, the body as a percent-encoded `grpc-message`,
+    /// no body); otherwise the status with `content-length` and, unless the
+    /// filter named one, `content-type: text/plain` for a body. A HEAD
+    /// request gets the headers only.
+    pub fn as_sent(&self, request_headers: &HeaderMap) -> (HeaderMap, Vec<u8>) {
+        let request = |name: &str| {
+            request_headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_slice())
+        };
+        let is_grpc = request("content-type").is_some_and(|v| v.starts_with(b"application/grpc"));
+        let is_head = request(":method") == Some(b"HEAD".as_slice());
+        let set = |map: &mut HeaderMap, name: &str, value: Vec<u8>| {
+            map.retain(|(k, _)| k != name);
+            map.push((name.to_string(), value));
+        };
+        let mut headers: HeaderMap = vec![(":status".into(), self.status.to_string().into_bytes())];
+        headers.extend(self.headers.iter().cloned());
+        if is_grpc {
+            headers[0].1 = b"200".to_vec();
+            set(&mut headers, "content-type", b"application/grpc".to_vec());
+            if !headers.iter().any(|(k, _)| k == "grpc-status") {
+                let status = self
+                    .grpc_status
+                    .unwrap_or_else(|| http_to_grpc_status(self.status));
+                headers.push(("grpc-status".into(), status.to_string().into_bytes()));
+            }
+            if !self.body.is_empty() && !is_head {
+                let message = self.body.strip_suffix(b"\n").unwrap_or(&self.body);
+                set(&mut headers, "grpc-message", percent_encode(message));
+            }
+            headers.retain(|(k, _)| k != "content-length");
+            return (headers, Vec::new());
+        }
+        if self.body.is_empty() {
+            headers.retain(|(k, _)| k != "content-length" && k != "content-type");
+        } else {
+            set(&mut headers, "content-length", self.body.len().to_string().into_bytes());
+            if !headers.iter().any(|(k, _)| k == "content-type") {
+                headers.push(("content-type".into(), b"text/plain".to_vec()));
+            }
+        }
+        let body = if is_head { Vec::new() } else { self.body.clone() };
+        (headers, body)
+    }
+}
+
+/// Envoy's `Grpc::Utility::httpToGrpcStatus`.
+fn http_to_grpc_status(status: u32) -> u32 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+/// Envoy's `PercentEncoding::encode` for `grpc-message`: bytes outside
+/// printable ASCII, and `%`, as `%XX`.
+fn percent_encode(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for &b in bytes {
+        if (b' '..=b'~').contains(&b) && b != b'%' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out
 }
 
 /// The request and response in flight, as the host holds them.
@@ -28,6 +109,17 @@ pub struct Exchange {
     pub local_response: Option<LocalResponse>,
     /// The guest asked to continue a paused stream.
     pub resumed: bool,
+    /// The request phase is paused (the last request callback answered
+    /// Pause and the filter has not continued it since).
+    pub request_paused: bool,
+    /// Request body the filter let through (the upstream's), and response
+    /// body (the client's); `request_body` and `response_body` hold what
+    /// it holds back.
+    pub request_forwarded: Vec<u8>,
+    pub response_forwarded: Vec<u8>,
+    /// A response (the upstream's or the local reply) went through the
+    /// response phase.
+    pub responded: bool,
     /// The guest asked to close the stream.
     pub closed: bool,
     pub time_nanos: u64,
@@ -99,6 +191,11 @@ impl Exchange {
             given_properties: spec.properties.iter().cloned().collect(),
             ..Exchange::default()
         }
+    }
+
+    /// A HEAD request: its response has no body.
+    pub fn is_head(&self) -> bool {
+        self.header(":method").as_deref() == Some(b"HEAD".as_slice())
     }
 
     pub fn known_context(&self, id: u32) -> bool {

@@ -12,12 +12,15 @@ use crate::wire::HeaderMap;
 /// Envoy's `cluster_header` route reads it.
 pub const DEFAULT_ROUTE_HEADER: &str = "x-celroute-cluster";
 
-/// An HTTP response: status, headers (without `:status`) and body.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An HTTP response: status, headers (without `:status`), body and trailers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Response {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    /// The sizes of the chunks the body arrives in (empty: one chunk).
+    pub chunk_sizes: Vec<usize>,
+    pub trailers: HeaderMap,
 }
 
 impl Response {
@@ -27,7 +30,27 @@ impl Response {
             status,
             headers: vec![("content-type".into(), b"application/json".to_vec())],
             body: body.as_bytes().to_vec(),
+            ..Response::default()
         }
+    }
+
+    /// The body in the chunks it arrives in: none for an empty body; the
+    /// sizes given, the last chunk taking what they leave.
+    pub fn chunks(&self) -> Vec<&[u8]> {
+        let mut chunks = Vec::new();
+        let mut rest = self.body.as_slice();
+        for size in &self.chunk_sizes {
+            if rest.is_empty() {
+                break;
+            }
+            let (chunk, tail) = rest.split_at((*size).clamp(1, rest.len()));
+            chunks.push(chunk);
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            chunks.push(rest);
+        }
+        chunks
     }
 
     /// The headers as a proxy-wasm header map, `:status` first.
@@ -38,8 +61,20 @@ impl Response {
     }
 }
 
+/// The answer to a unary gRPC call: status 0 with a message, or another
+/// status with an error message.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GrpcReply {
+    pub status: u32,
+    pub message: Vec<u8>,
+    pub error_message: String,
+}
+
 #[derive(Debug, Default)]
 struct Script {
+    /// The clusters Envoy has, when defined; else every cluster exists.
+    defined: Option<std::collections::HashSet<String>>,
+    grpc: HashMap<String, GrpcReply>,
     route_header: Option<String>,
     clusters: HashMap<String, Response>,
     latencies: HashMap<String, std::time::Duration>,
@@ -60,6 +95,40 @@ impl Upstreams {
             Err(poisoned) => poisoned.into_inner(),
         };
         f(&mut script)
+    }
+
+    /// Declares the clusters the simulated Envoy has: from then on, a
+    /// callout to any other (and not scripted) cluster is refused, as Envoy
+    /// refuses it. Until then every cluster exists.
+    pub fn define_clusters<'a>(&self, clusters: impl IntoIterator<Item = &'a str>) {
+        self.with(|s| {
+            s.defined
+                .get_or_insert_with(Default::default)
+                .extend(clusters.into_iter().map(str::to_string))
+        });
+    }
+
+    /// The cluster exists: defined, scripted, or no clusters were defined.
+    pub fn knows(&self, cluster: &str) -> bool {
+        self.with(|s| match &s.defined {
+            None => true,
+            Some(defined) => {
+                defined.contains(cluster)
+                    || s.clusters.contains_key(cluster)
+                    || s.callouts.contains_key(cluster)
+                    || s.grpc.contains_key(cluster)
+            }
+        })
+    }
+
+    /// Every unary gRPC call to `cluster` gets `reply`.
+    pub fn answer_grpc(&self, cluster: &str, reply: GrpcReply) {
+        self.with(|s| s.grpc.insert(cluster.to_string(), reply));
+    }
+
+    /// The scripted reply to a gRPC call to `cluster`, if any.
+    pub(crate) fn grpc_reply(&self, cluster: &str) -> Option<GrpcReply> {
+        self.with(|s| s.grpc.get(cluster).cloned())
     }
 
     /// Routes by this request header instead of [`DEFAULT_ROUTE_HEADER`].

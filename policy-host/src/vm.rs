@@ -10,11 +10,12 @@ use std::path::Path;
 use anyhow::{bail, Context as _, Result};
 use wasmtime::{Config, Engine, Instance, Linker, Module, Store, Val, ValType};
 
-use crate::abi::{self, HeaderMap, HostState, LocalResponse, LogLine};
+use crate::abi::{self, CallState, GrpcCall, HeaderMap, HostState, HttpCall, LocalResponse, LogLine};
 use crate::compile_cache;
 use crate::environment::Environment;
 use crate::exchange::Exchange;
 use crate::request::RequestSpec;
+use crate::upstream::{GrpcReply, Response};
 
 /// The root context's id, as Envoy numbers it.
 const ROOT: u32 = 1;
@@ -190,7 +191,20 @@ impl FilterModule {
         environment: &Environment,
         plugin_configuration: &[u8],
     ) -> Result<Vm, StartError> {
-        let state = HostState::new(plugin_configuration.to_vec(), environment.clone());
+        self.start_with(environment, b"", plugin_configuration)
+    }
+
+    /// Starts a VM in `environment` with a VM configuration (what Envoy's
+    /// `vm_config.configuration` holds, read in `proxy_on_vm_start`) and a
+    /// plugin configuration (read in `proxy_on_configure`).
+    pub fn start_with(
+        &self,
+        environment: &Environment,
+        vm_configuration: &[u8],
+        plugin_configuration: &[u8],
+    ) -> Result<Vm, StartError> {
+        let mut state = HostState::new(plugin_configuration.to_vec(), environment.clone());
+        state.vm_configuration = vm_configuration.to_vec();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.data_mut().exchange.contexts = vec![ROOT];
@@ -209,6 +223,8 @@ impl FilterModule {
             instance,
             next_context: ROOT + 1,
             answered: 0,
+            grpc_answered: 0,
+            stream: ROOT,
         };
         for init in ["_initialize", "_start"] {
             if vm.instance.get_func(&mut vm.store, init).is_some() {
@@ -265,6 +281,29 @@ pub struct Vm {
     /// Callouts (in `HostState::http_calls` order) already looked at for a
     /// scripted reply: each is answered at most once.
     answered: usize,
+    /// The same for gRPC calls.
+    grpc_answered: usize,
+    /// The context of the request in flight (the root's between requests).
+    stream: u32,
+}
+
+/// Where a request stands after a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// The filter let it through: on to the next step, or the upstream.
+    Continue,
+    /// The filter paused it (waiting for a callout, or the whole body).
+    Paused,
+    /// The filter answered it with a local reply.
+    Replied,
+}
+
+/// What shutting a VM down did.
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    /// `proxy_on_delete` was called: the root context finished.
+    pub deleted: bool,
+    pub logs: Vec<LogLine>,
 }
 
 /// What one request did.
@@ -272,10 +311,21 @@ pub struct Vm {
 pub struct RequestRecord {
     /// The request headers after the filter's request phase (what the router sees).
     pub upstream_headers: HeaderMap,
-    /// The local reply, if the filter sent one.
+    /// The request body after the filter's changes (what the upstream gets).
+    pub upstream_body: Vec<u8>,
+    /// The local reply, if the filter sent one, as it asked for it.
     pub local_response: Option<LocalResponse>,
+    /// The status the client receives, if any response was sent.
+    pub response_code: Option<u16>,
     /// The response headers the client receives.
     pub response_headers: HeaderMap,
+    /// The response body the client receives, after the filter's changes.
+    pub response_body: Vec<u8>,
+    pub response_trailers: HeaderMap,
+    /// HTTP callouts this request's context dispatched.
+    pub http_calls: Vec<HttpCall>,
+    /// gRPC calls this request's context dispatched.
+    pub grpc_calls: Vec<GrpcCall>,
     /// The request phase ended paused without a reply (Envoy would wait).
     pub paused: bool,
     /// The cluster the request was routed to, when it left the proxy.
@@ -340,125 +390,383 @@ impl Vm {
     /// Runs one request through the filter as Envoy would: request
     /// headers (then scripted callout replies), body, the upstream's answer
     /// (scripted per cluster, else `200 {}`) or the filter's local reply,
-    /// and the end of the stream.
+    /// and the end of the stream. The steps are the public ones below.
     pub fn request(&mut self, spec: &RequestSpec) -> Result<RequestRecord, GuestFault> {
+        let body = self.begin(spec)?;
+        self.request_headers(body.is_empty())?;
+        self.deliver_callouts()?;
+        if !body.is_empty() && self.flow() != Flow::Replied {
+            // Envoy goes on delivering the body to a filter that stopped
+            // its headers (and buffers it); the filter may continue from there.
+            self.request_body(&body, true)?;
+            self.deliver_callouts()?;
+        }
+        if self.flow() == Flow::Continue {
+            let upstreams = self.store.data().environment.upstreams.clone();
+            let cluster = upstreams.cluster_of(&self.store.data().exchange.request_headers);
+            let response = upstreams.response(cluster.as_deref());
+            // A virtual clock moves on while the upstream answers; a real one cannot be moved.
+            let _ = self
+                .store
+                .data()
+                .environment
+                .clock
+                .advance(upstreams.latency(cluster.as_deref()));
+            self.upstream_response(cluster, &response)?;
+        }
+        self.finish()
+    }
+
+    /// Starts a request: creates its context (`proxy_on_context_create`)
+    /// with the request `spec` describes. Returns the body to deliver with
+    /// [`Vm::request_body`] (the headers already carry its length). The
+    /// steps after it: [`Vm::request_headers`], [`Vm::request_body`],
+    /// [`Vm::request_trailers`], callouts answered ([`Vm::answer_http_call`],
+    /// [`Vm::answer_grpc_call`]), then the upstream's answer
+    /// ([`Vm::upstream_response`]) or the filter's local reply, and
+    /// [`Vm::finish`].
+    pub fn begin(&mut self, spec: &RequestSpec) -> Result<Vec<u8>, GuestFault> {
         let id = self.next_context;
         self.next_context += 1;
         let time = self.store.data().environment.clock.now_nanos();
         let mut exchange = Exchange::from_spec(spec, u64::from(id), time);
         exchange.contexts = vec![ROOT, id];
-        let has_body = !exchange.request_body.is_empty();
-        let headers = exchange.request_headers.len() as i32;
-        let body_len = exchange.request_body.len() as i32;
+        let body = std::mem::take(&mut exchange.request_body);
         self.store.data_mut().exchange = exchange;
-        let ctx = id as i32;
+        self.stream = id;
+        self.call("proxy_on_context_create", &[id as i32, ROOT as i32], CALLBACK_FUEL)?;
+        Ok(body)
+    }
 
-        self.call(
-            "proxy_on_context_create",
-            &[ctx, ROOT as i32],
-            CALLBACK_FUEL,
-        )?;
-        let action = self.call(
+    /// Where the request in flight stands.
+    pub fn flow(&self) -> Flow {
+        let exchange = &self.store.data().exchange;
+        if exchange.local_response.is_some() {
+            Flow::Replied
+        } else if exchange.request_paused {
+            Flow::Paused
+        } else {
+            Flow::Continue
+        }
+    }
+
+    /// A request-phase callback: the stream pauses when it answers Pause
+    /// (1) and did not continue it itself.
+    fn request_phase(&mut self, name: &str, args: &[i32]) -> Result<Flow, GuestFault> {
+        self.store.data_mut().exchange.resumed = false;
+        let action = self.call(name, args, CALLBACK_FUEL)?;
+        let exchange = &mut self.store.data_mut().exchange;
+        exchange.request_paused = action == Some(1) && !exchange.resumed;
+        if !exchange.request_paused {
+            // What the filter let through goes on to the upstream.
+            let passed = std::mem::take(&mut exchange.request_body);
+            exchange.request_forwarded.extend_from_slice(&passed);
+        }
+        Ok(self.flow())
+    }
+
+    /// Delivers the request headers (`proxy_on_request_headers`).
+    pub fn request_headers(&mut self, end_of_stream: bool) -> Result<Flow, GuestFault> {
+        let count = self.store.data().exchange.request_headers.len() as i32;
+        let ctx = self.stream as i32;
+        self.request_phase(
             "proxy_on_request_headers",
-            &[ctx, headers, i32::from(!has_body)],
+            &[ctx, count, i32::from(end_of_stream)],
+        )
+    }
+
+    /// Delivers a chunk of the request body (`proxy_on_request_body`). As in
+    /// Envoy, a filter that pauses has the body buffered: the next call sees
+    /// what it held back and the new chunk together.
+    pub fn request_body(&mut self, chunk: &[u8], end_of_stream: bool) -> Result<Flow, GuestFault> {
+        let exchange = &mut self.store.data_mut().exchange;
+        exchange.request_body.extend_from_slice(chunk);
+        let size = exchange.request_body.len() as i32;
+        let ctx = self.stream as i32;
+        self.request_phase(
+            "proxy_on_request_body",
+            &[ctx, size, i32::from(end_of_stream)],
+        )
+    }
+
+    /// Delivers request trailers (`proxy_on_request_trailers`), which end the request.
+    pub fn request_trailers(&mut self, trailers: HeaderMap) -> Result<Flow, GuestFault> {
+        let count = trailers.len() as i32;
+        self.store.data_mut().exchange.request_trailers = trailers;
+        let ctx = self.stream as i32;
+        self.request_phase("proxy_on_request_trailers", &[ctx, count])
+    }
+
+    /// Every HTTP callout the filter dispatched in this VM, answered or not.
+    pub fn http_calls(&self) -> &[HttpCall] {
+        &self.store.data().http_calls
+    }
+
+    /// Every gRPC call the filter dispatched in this VM, answered or not.
+    pub fn grpc_calls(&self) -> &[GrpcCall] {
+        &self.store.data().grpc_calls
+    }
+
+    /// Answers the HTTP callout `token` (`proxy_on_http_call_response`, to
+    /// the context that made it): `None` is a failed call (reset, timeout),
+    /// which Envoy delivers with no headers and no body. `Ok(false)` when no
+    /// callout with that token waits for an answer.
+    pub fn answer_http_call(
+        &mut self,
+        token: u32,
+        response: Option<&Response>,
+    ) -> Result<bool, GuestFault> {
+        let state = self.store.data_mut();
+        let Some(call) = state
+            .http_calls
+            .iter_mut()
+            .find(|c| c.token == token && !c.answered)
+        else {
+            return Ok(false);
+        };
+        call.answered = true;
+        let context = call.context;
+        if context != ROOT && !state.exchange.known_context(context) {
+            // Its request has ended: Envoy cancelled the callout with it.
+            return Ok(false);
+        }
+        let (headers, body, trailers) = match response {
+            Some(r) => (r.header_map(), r.body.clone(), r.trailers.clone()),
+            None => Default::default(),
+        };
+        let args = [
+            context as i32,
+            token as i32,
+            headers.len() as i32,
+            body.len() as i32,
+            trailers.len() as i32,
+        ];
+        state.http_call_response = (headers, body, trailers);
+        state.exchange.resumed = false;
+        let result = self.call("proxy_on_http_call_response", &args, CALLBACK_FUEL);
+        let state = self.store.data_mut();
+        state.http_call_response = Default::default();
+        if state.exchange.resumed && context == self.stream {
+            state.exchange.request_paused = false;
+            let passed = std::mem::take(&mut state.exchange.request_body);
+            state.exchange.request_forwarded.extend_from_slice(&passed);
+        }
+        result.map(|_| true)
+    }
+
+    /// Answers the gRPC call `token`: a reply with status 0 is delivered as
+    /// its message (`proxy_on_grpc_receive`), any other as the call's close
+    /// with that status and message (`proxy_on_grpc_close`), as Envoy's
+    /// unary gRPC client does. `Ok(false)` when no call with that token
+    /// waits for an answer (never made, answered, or cancelled).
+    pub fn answer_grpc_call(&mut self, token: u32, reply: &GrpcReply) -> Result<bool, GuestFault> {
+        let state = self.store.data_mut();
+        let Some(call) = state
+            .grpc_calls
+            .iter_mut()
+            .find(|c| c.token == token && c.state == CallState::Pending)
+        else {
+            return Ok(false);
+        };
+        call.state = CallState::Answered;
+        let context = call.context;
+        if context != ROOT && !state.exchange.known_context(context) {
+            return Ok(false);
+        }
+        state.exchange.resumed = false;
+        let result = if reply.status == 0 {
+            state.grpc_receive = reply.message.clone();
+            let size = reply.message.len() as i32;
+            self.call(
+                "proxy_on_grpc_receive",
+                &[context as i32, token as i32, size],
+                CALLBACK_FUEL,
+            )
+        } else {
+            state.grpc_status = (reply.status, reply.error_message.clone().into_bytes());
+            self.call(
+                "proxy_on_grpc_close",
+                &[context as i32, token as i32, reply.status as i32],
+                CALLBACK_FUEL,
+            )
+        };
+        let state = self.store.data_mut();
+        state.grpc_receive.clear();
+        state.grpc_status = (0, Vec::new());
+        if state.exchange.resumed && context == self.stream {
+            state.exchange.request_paused = false;
+            let passed = std::mem::take(&mut state.exchange.request_body);
+            state.exchange.request_forwarded.extend_from_slice(&passed);
+        }
+        result.map(|_| true)
+    }
+
+    /// Answers every callout dispatched so far for which the environment
+    /// has a scripted reply (`proxy_on_http_call_response` or the gRPC
+    /// callbacks, to the context that made the call). Callouts without one
+    /// stay unanswered (they can still be answered by token).
+    pub fn deliver_callouts(&mut self) -> Result<(), GuestFault> {
+        loop {
+            let state = self.store.data();
+            let upstreams = state.environment.upstreams.clone();
+            if let Some(call) = state.http_calls.get(self.answered).cloned() {
+                self.answered += 1;
+                if let Some(reply) = upstreams.next_callout_reply(&call.upstream) {
+                    self.answer_http_call(call.token, Some(&reply))?;
+                }
+            } else if let Some(call) = state.grpc_calls.get(self.grpc_answered).cloned() {
+                self.grpc_answered += 1;
+                if let Some(reply) = upstreams.grpc_reply(&call.cluster) {
+                    self.answer_grpc_call(call.token, &reply)?;
+                }
+            } else {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The upstream's answer to the request: response headers, the body in
+    /// its chunks (none for a HEAD request, as Envoy sends none), trailers.
+    pub fn upstream_response(
+        &mut self,
+        cluster: Option<String>,
+        response: &Response,
+    ) -> Result<(), GuestFault> {
+        let exchange = &mut self.store.data_mut().exchange;
+        exchange.response_code = Some(response.status);
+        exchange.upstream_cluster = cluster;
+        let head = exchange.is_head();
+        let chunks = if head { Vec::new() } else { response.chunks() };
+        self.respond(response.header_map(), &chunks, response.trailers.clone())
+    }
+
+    /// Sends the filter's local reply as Envoy makes it (see
+    /// [`LocalResponse::as_sent`]) through the response phase.
+    fn respond_locally(&mut self) -> Result<(), GuestFault> {
+        let exchange = &mut self.store.data_mut().exchange;
+        let Some(reply) = exchange.local_response.clone() else {
+            return Ok(());
+        };
+        let (headers, body) = reply.as_sent(&exchange.request_headers);
+        exchange.response_code = headers
+            .first()
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok());
+        let chunks: Vec<&[u8]> = if body.is_empty() { Vec::new() } else { vec![&body] };
+        self.respond(headers, &chunks, HeaderMap::new())
+    }
+
+    fn respond(
+        &mut self,
+        headers: HeaderMap,
+        chunks: &[&[u8]],
+        trailers: HeaderMap,
+    ) -> Result<(), GuestFault> {
+        let ctx = self.stream as i32;
+        let count = headers.len() as i32;
+        let state = self.store.data_mut();
+        state.exchange.response_headers = headers;
+        state.exchange.responded = true;
+        let end = chunks.is_empty() && trailers.is_empty();
+        self.call(
+            "proxy_on_response_headers",
+            &[ctx, count, i32::from(end)],
             CALLBACK_FUEL,
         )?;
-        self.deliver_callouts()?;
-        let mut paused = action == Some(1) && !self.store.data().exchange.resumed;
-        let mut body_delivered = false;
-        if paused && has_body && self.store.data().exchange.local_response.is_none() {
-            // Envoy goes on delivering the body to a filter that stopped
-            // its headers (and buffers it); the filter may continue from there.
-            let action = self.call("proxy_on_request_body", &[ctx, body_len, 1], CALLBACK_FUEL)?;
-            self.deliver_callouts()?;
-            body_delivered = true;
-            paused = action == Some(1) && !self.store.data().exchange.resumed;
-        }
-        let upstream_headers = self.store.data().exchange.request_headers.clone();
-        let mut upstream_cluster = None;
-        let local = self.store.data().exchange.local_response.clone();
-        if let Some(reply) = &local {
-            paused = false;
-            let mut response: HeaderMap =
-                vec![(":status".into(), reply.status.to_string().into_bytes())];
-            response.extend(reply.headers.iter().cloned());
-            self.store.data_mut().exchange.response_code = u16::try_from(reply.status).ok();
-            self.respond(ctx, response, reply.body.clone())?;
-        } else if !paused {
-            if has_body && !body_delivered {
-                self.call("proxy_on_request_body", &[ctx, body_len, 1], CALLBACK_FUEL)?;
-            }
-            let upstreams = self.store.data().environment.upstreams.clone();
-            upstream_cluster = upstreams.cluster_of(&upstream_headers);
-            let response = upstreams.response(upstream_cluster.as_deref());
-            let latency = upstreams.latency(upstream_cluster.as_deref());
-            // A virtual clock moves on while the upstream answers; a real one cannot be moved.
-            let _ = self.store.data().environment.clock.advance(latency);
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len() && trailers.is_empty();
             let exchange = &mut self.store.data_mut().exchange;
-            exchange.response_code = Some(response.status);
-            exchange.upstream_cluster = upstream_cluster.clone();
-            self.respond(ctx, response.header_map(), response.body)?;
+            exchange.response_body.extend_from_slice(chunk);
+            let size = exchange.response_body.len() as i32;
+            let action = self.call(
+                "proxy_on_response_body",
+                &[ctx, size, i32::from(last)],
+                CALLBACK_FUEL,
+            )?;
+            if action != Some(1) || last {
+                // Passed on to the client (at the end, whatever was held back).
+                let exchange = &mut self.store.data_mut().exchange;
+                let passed = std::mem::take(&mut exchange.response_body);
+                exchange.response_forwarded.extend_from_slice(&passed);
+            }
         }
+        if !trailers.is_empty() {
+            let count = trailers.len() as i32;
+            self.store.data_mut().exchange.response_trailers = trailers;
+            self.call("proxy_on_response_trailers", &[ctx, count], CALLBACK_FUEL)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the request: the local reply if the filter sent one and it was
+    /// not delivered yet, then `proxy_on_log`, `proxy_on_done` and
+    /// `proxy_on_delete`, and what the request did.
+    pub fn finish(&mut self) -> Result<RequestRecord, GuestFault> {
+        let ctx = self.stream as i32;
+        if self.flow() == Flow::Replied && !self.store.data().exchange.responded {
+            self.respond_locally()?;
+        }
+        let paused = self.flow() == Flow::Paused;
         self.call("proxy_on_log", &[ctx], CALLBACK_FUEL)?;
         self.call("proxy_on_done", &[ctx], CALLBACK_FUEL)?;
         self.call("proxy_on_delete", &[ctx], CALLBACK_FUEL)?;
         let state = self.store.data_mut();
-        let exchange = std::mem::take(&mut state.exchange);
+        let mut exchange = std::mem::take(&mut state.exchange);
+        let mut upstream_body = std::mem::take(&mut exchange.request_forwarded);
+        upstream_body.extend_from_slice(&exchange.request_body);
+        let mut response_body = std::mem::take(&mut exchange.response_forwarded);
+        response_body.extend_from_slice(&exchange.response_body);
+        let stream = self.stream;
         let record = RequestRecord {
-            upstream_headers,
+            upstream_headers: exchange.request_headers,
+            upstream_body,
             local_response: exchange.local_response,
+            response_code: exchange.response_code,
             response_headers: exchange.response_headers,
+            response_body,
+            response_trailers: exchange.response_trailers,
             paused,
-            upstream_cluster,
+            upstream_cluster: exchange.upstream_cluster,
             route_cache_clears: std::mem::take(&mut state.route_cache_clears),
             reports: std::mem::take(&mut state.reports),
             logs: std::mem::take(&mut state.logs),
             properties: exchange.set_properties,
+            http_calls: state
+                .http_calls
+                .iter()
+                .filter(|c| c.context == stream)
+                .cloned()
+                .collect(),
+            grpc_calls: state
+                .grpc_calls
+                .iter()
+                .filter(|c| c.context == stream)
+                .cloned()
+                .collect(),
         };
         state.exchange.contexts = vec![ROOT];
+        self.stream = ROOT;
         Ok(record)
     }
 
-    /// Answers every callout dispatched so far for which the environment
-    /// has a scripted reply (`proxy_on_http_call_response`, to the context
-    /// that made the call). Callouts without one stay unanswered.
-    pub fn deliver_callouts(&mut self) -> Result<(), GuestFault> {
-        while let Some(call) = self.store.data().http_calls.get(self.answered).cloned() {
-            self.answered += 1;
-            let upstreams = self.store.data().environment.upstreams.clone();
-            let Some(reply) = upstreams.next_callout_reply(&call.upstream) else {
-                continue;
-            };
-            let headers = reply.header_map();
-            let args = [
-                call.context as i32,
-                call.token as i32,
-                headers.len() as i32,
-                reply.body.len() as i32,
-                0,
-            ];
-            self.store.data_mut().http_call_response = (headers, reply.body, Vec::new());
-            self.call("proxy_on_http_call_response", &args, CALLBACK_FUEL)?;
-            self.store.data_mut().http_call_response = Default::default();
+    /// Shuts the VM down as Envoy does when it drops a plugin: the root
+    /// context's `proxy_on_done`; if it answers true, or later calls
+    /// `proxy_done` (while scripted callouts are answered), `proxy_on_delete`.
+    pub fn shutdown(&mut self) -> Result<Shutdown, GuestFault> {
+        let done = self.call("proxy_on_done", &[ROOT as i32], CALLBACK_FUEL)?;
+        let deleted = if done != Some(0) {
+            true
+        } else {
+            self.store.data_mut().done_pending = true;
+            self.deliver_callouts()?;
+            !self.store.data().done_pending
+        };
+        if deleted {
+            self.call("proxy_on_delete", &[ROOT as i32], CALLBACK_FUEL)?;
         }
-        Ok(())
-    }
-
-    fn respond(&mut self, ctx: i32, headers: HeaderMap, body: Vec<u8>) -> Result<(), GuestFault> {
-        let count = headers.len() as i32;
-        let len = body.len() as i32;
-        let state = self.store.data_mut();
-        state.exchange.response_headers = headers;
-        state.exchange.response_body = body;
-        self.call(
-            "proxy_on_response_headers",
-            &[ctx, count, i32::from(len == 0)],
-            CALLBACK_FUEL,
-        )?;
-        if len > 0 {
-            self.call("proxy_on_response_body", &[ctx, len, 1], CALLBACK_FUEL)?;
-        }
-        Ok(())
+        Ok(Shutdown {
+            deleted,
+            logs: self.take_logs(),
+        })
     }
 
     /// Reports the filter made while starting (its policy description).

@@ -16,9 +16,10 @@ pub(super) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     0 => &state.exchange.request_body,
                     1 => &state.exchange.response_body,
                     4 => &state.http_call_response.1,
+                    5 => &state.grpc_receive,
                     6 => &state.vm_configuration,
                     7 => &state.plugin_configuration,
-                    2 | 3 | 5 | 8 => return Err(Status::NotFound.into()),
+                    2 | 3 | 8 => return Err(Status::NotFound.into()),
                     _ => return Err(Status::BadArgument.into()),
                 };
                 let (start, max) = range(start, max)?;

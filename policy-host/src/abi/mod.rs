@@ -44,9 +44,11 @@ pub enum Status {
     NotFound = 1,
     BadArgument = 2,
     SerializationFailure = 3,
+    ParseFailure = 4,
     InvalidMemoryAccess = 6,
     Empty = 7,
     CasMismatch = 8,
+    InternalFailure = 10,
     Unimplemented = 12,
 }
 
@@ -110,6 +112,31 @@ pub struct HttpCall {
     pub headers: HeaderMap,
     pub body: Vec<u8>,
     pub timeout_ms: u32,
+    /// Its answer (or failure) was delivered.
+    pub answered: bool,
+}
+
+/// Where a gRPC call stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallState {
+    Pending,
+    Answered,
+    /// The guest cancelled it (`proxy_grpc_cancel`): no answer is delivered.
+    Cancelled,
+}
+
+/// A unary gRPC call the guest dispatched (`proxy_grpc_call`).
+#[derive(Debug, Clone)]
+pub struct GrpcCall {
+    pub token: u32,
+    pub context: u32,
+    pub cluster: String,
+    pub service: String,
+    pub method: String,
+    pub metadata: HeaderMap,
+    pub message: Vec<u8>,
+    pub timeout_ms: u32,
+    pub state: CallState,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +163,12 @@ pub struct HostState {
     /// with every VM started from the same environment.
     pub environment: Environment,
     pub http_calls: Vec<HttpCall>,
+    pub grpc_calls: Vec<GrpcCall>,
+    /// The message of the `proxy_on_grpc_receive` being delivered.
+    pub grpc_receive: Vec<u8>,
+    /// The root context answered false to `proxy_on_done` and has not
+    /// called `proxy_done` yet.
+    pub done_pending: bool,
     pub tick_period_ms: u32,
     pub effective_context: u32,
     /// The context of the callback under way (its first argument).
@@ -145,7 +178,7 @@ pub struct HostState {
     pub exchange: Exchange,
     /// The body of the `proxy_on_http_call_response` being delivered.
     pub http_call_response: (HeaderMap, Vec<u8>, HeaderMap),
-    /// `proxy_get_status` answer for the gRPC callbacks (none are made here).
+    /// `proxy_get_status` answer during `proxy_on_grpc_close`.
     pub grpc_status: (u32, Vec<u8>),
     pub limits: wasmtime::StoreLimits,
     random_state: u64,
@@ -167,6 +200,9 @@ impl HostState {
             metrics: Vec::new(),
             environment,
             http_calls: Vec::new(),
+            grpc_calls: Vec::new(),
+            grpc_receive: Vec::new(),
+            done_pending: false,
             tick_period_ms: 0,
             effective_context: 0,
             current_context: 0,

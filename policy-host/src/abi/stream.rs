@@ -39,7 +39,7 @@ pub(super) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
          body_len: i32,
          headers_ptr: i32,
          headers_len: i32,
-         _grpc_status: i32| {
+         grpc_status: i32| {
             finish((|| {
                 let details =
                     String::from_utf8_lossy(&read(&mut c, details_ptr, details_len)?).into_owned();
@@ -52,8 +52,14 @@ pub(super) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 c.data_mut().exchange.local_response = Some(LocalResponse {
                     status: status as u32,
                     details,
-                    headers,
+                    // Envoy adds each header under its lower-cased name.
+                    headers: headers
+                        .into_iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                        .collect(),
                     body,
+                    // -1 (and anything beyond 16) means none, as in Envoy.
+                    grpc_status: u32::try_from(grpc_status).ok().filter(|s| *s <= 16),
                 });
                 Ok(())
             })())
@@ -71,11 +77,15 @@ pub(super) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok(Status::Ok as i32)
         },
     )?;
-    l.func_wrap(
-        "env",
-        "proxy_done",
-        |_: Ctx<'_>| Ok(Status::NotFound as i32),
-    )?;
+    // The root context finishing after answering false to proxy_on_done.
+    l.func_wrap("env", "proxy_done", |mut c: Ctx<'_>| {
+        let state = c.data_mut();
+        if !state.done_pending {
+            return Ok(Status::NotFound as i32);
+        }
+        state.done_pending = false;
+        Ok(Status::Ok as i32)
+    })?;
     l.func_wrap(
         "env",
         "proxy_call_foreign_function",

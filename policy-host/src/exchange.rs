@@ -52,8 +52,7 @@ impl LocalResponse {
                 headers.push(("grpc-status".into(), status.to_string().into_bytes()));
             }
             if !self.body.is_empty() && !is_head {
-                let message = self.body.strip_suffix(b"\n").unwrap_or(&self.body);
-                set(&mut headers, "grpc-message", percent_encode(message));
+                set(&mut headers, "grpc-message", percent_encode(&self.body));
             }
             headers.retain(|(k, _)| k != "content-length");
             return (headers, Vec::new());

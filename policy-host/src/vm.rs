@@ -225,6 +225,7 @@ impl FilterModule {
             answered: 0,
             grpc_answered: 0,
             stream: ROOT,
+            since_tick: 0,
         };
         for init in ["_initialize", "_start"] {
             if vm.instance.get_func(&mut vm.store, init).is_some() {
@@ -285,6 +286,8 @@ pub struct Vm {
     grpc_answered: usize,
     /// The context of the request in flight (the root's between requests).
     stream: u32,
+    /// Virtual time since the last tick, in nanoseconds.
+    since_tick: u64,
 }
 
 /// Where a request stands after a step.
@@ -793,6 +796,34 @@ impl Vm {
     pub fn tick(&mut self) -> Result<(), GuestFault> {
         self.call("proxy_on_tick", &[ROOT as i32], CALLBACK_FUEL)?;
         self.deliver_callouts()
+    }
+
+    /// Moves the environment's virtual clock on by `by`, firing the root
+    /// context's timer (`proxy_on_tick`, then scripted callout answers) each
+    /// time a tick period the filter set elapses, as Envoy's timer would.
+    /// Returns how many ticks fired.
+    pub fn advance(&mut self, by: std::time::Duration) -> anyhow::Result<u32> {
+        let clock = self.store.data().environment.clock.clone();
+        let mut left = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        let mut ticks = 0;
+        loop {
+            let period = u64::from(self.store.data().tick_period_ms) * 1_000_000;
+            if period == 0 {
+                clock.advance(std::time::Duration::from_nanos(left))?;
+                return Ok(ticks);
+            }
+            let due = period.saturating_sub(self.since_tick);
+            if due > left {
+                clock.advance(std::time::Duration::from_nanos(left))?;
+                self.since_tick += left;
+                return Ok(ticks);
+            }
+            clock.advance(std::time::Duration::from_nanos(due))?;
+            left -= due;
+            self.since_tick = 0;
+            self.tick()?;
+            ticks += 1;
+        }
     }
 
     /// The environment this VM runs in (shared store, clock, network).

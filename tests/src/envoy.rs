@@ -48,6 +48,18 @@ pub fn wasm() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The example filter (examples/example-filter), built by `make wasm`.
+pub fn example_wasm() -> Result<PathBuf> {
+    let path = repo_root().join("target/wasm32-wasip1/release/example_filter.wasm");
+    if !path.is_file() {
+        bail!(
+            "{} is missing: build it with `make wasm` (cargo build -p example-filter --target wasm32-wasip1 --release)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

@@ -77,7 +77,7 @@ impl Connection {
         request.extend_from_slice(b"\r\n");
         request.extend_from_slice(body);
         self.reader.get_mut().write_all(&request)?;
-        self.read_reply()
+        self.read_reply(method == "HEAD")
     }
 
     /// This end of the connection: the proxy's `source.address`.
@@ -100,7 +100,9 @@ impl Connection {
         reply
     }
 
-    fn read_reply(&mut self) -> Result<Reply> {
+    /// Reads a reply; to a HEAD request, its headers only (its length
+    /// describes a body that is not sent).
+    fn read_reply(&mut self, head: bool) -> Result<Reply> {
         let mut status_line = String::new();
         if self.reader.read_line(&mut status_line)? == 0 {
             bail!("connection closed before a response");
@@ -129,7 +131,8 @@ impl Connection {
                 .map(|(_, v)| v.clone())
         };
         let mut body = Vec::new();
-        if let Some(length) = find("content-length") {
+        if head {
+        } else if let Some(length) = find("content-length") {
             let length: usize = length.parse().context("bad content-length")?;
             body.resize(length, 0);
             self.reader.read_exact(&mut body)?;

@@ -1,0 +1,328 @@
+//! Differential test for policy-host as a proxy-wasm host: the example
+//! filter (examples/example-filter) runs in real Envoy and in policy-host,
+//! and each exchange must look the same from the client's side: local
+//! replies (header case, content-type and length, gRPC-shaped replies),
+//! callouts answered or refused, gRPC calls to an unknown cluster, the
+//! VM configuration, and ticks with the time they fired.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use celroute_tests::envoy::{example_wasm, free_port, Config, Envoy};
+use celroute_tests::http::{Connection, Reply};
+use celroute_tests::start_clouds;
+use policy_host::environment::Environment;
+use policy_host::request::{Headers, RequestSpec};
+use policy_host::upstream::Response;
+use policy_host::vm::{FilterModule, Vm};
+
+const VM_CONFIGURATION: &str = "vm-config-text";
+/// The plugin configuration: the tick period in milliseconds.
+const TICK_MS: u64 = 100;
+
+/// Headers the filter or Envoy's local-reply path decide; others (date,
+/// server, the upstream's own) are not compared.
+const COMPARED: &[&str] = &[
+    "content-type",
+    "content-length",
+    "grpc-status",
+    "grpc-message",
+    "x-example",
+    "x-example-upstream",
+    "x-callout-status",
+];
+
+/// What the client sees, reduced to what the filter and host decide.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+impl Seen {
+    fn new(status: u16, headers: &[(String, String)], body: String) -> Seen {
+        let headers = headers
+            .iter()
+            .filter(|(k, _)| COMPARED.contains(&k.as_str()))
+            // HTTP/1's codec writes `content-length: 0` on an empty reply itself.
+            .filter(|(k, v)| !(k == "content-length" && v == "0" && body.is_empty()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Seen {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+fn envoy_config(wasm: &str, backend: SocketAddr, info: SocketAddr) -> Config {
+    let listener_port = free_port().unwrap();
+    let admin_port = free_port().unwrap();
+    let cluster = |name: &str, address: SocketAddr| {
+        format!(
+            r#"
+  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{address: 127.0.0.1, port_value: {port}}}"#,
+            port = address.port()
+        )
+    };
+    let text = format!(
+        r#"
+admin:
+  address:
+    socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}
+static_resources:
+  listeners:
+  - name: main
+    address:
+      socket_address: {{address: 127.0.0.1, port_value: {listener_port}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: backend}}
+          http_filters:
+          - name: example
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: example
+                root_id: example
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: "{TICK_MS}"
+                vm_config:
+                  runtime: envoy.wasm.runtime.v8
+                  configuration:
+                    "@type": type.googleapis.com/google.protobuf.StringValue
+                    value: "{VM_CONFIGURATION}"
+                  code:
+                    local: {{filename: "{wasm}"}}
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:{backend}{info}
+"#,
+        backend = cluster("backend", backend),
+        info = cluster("info", info),
+    );
+    Config {
+        yaml: serde_yaml::from_str(&text).unwrap(),
+        listener_port,
+        admin_port,
+        ipv6: false,
+    }
+}
+
+fn send(address: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+    Connection::open(address)
+        .unwrap()
+        .send(method, path, &headers, b"")
+        .unwrap_or_else(|e| panic!("{method} {path} through Envoy: {e:#}"))
+}
+
+fn spec(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestSpec {
+    RequestSpec {
+        method: Some(method.into()),
+        path: Some(path.into()),
+        headers: Headers::List(
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ..RequestSpec::default()
+    }
+}
+
+fn through_host(vm: &mut Vm, method: &str, path: &str, headers: &[(&str, &str)]) -> Seen {
+    let record = vm.request(&spec(method, path, headers)).unwrap();
+    assert!(
+        !record.paused,
+        "{method} {path} stayed paused in policy-host"
+    );
+    let headers: Vec<(String, String)> = record
+        .response_headers
+        .iter()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    // As Envoy holds them: lower-case names, and a header the filter
+    // replaced is there once.
+    for (name, _) in &headers {
+        assert_eq!(*name, name.to_ascii_lowercase(), "{method} {path}: {headers:?}");
+        assert_eq!(
+            headers.iter().filter(|(k, _)| k == name).count(),
+            1,
+            "{method} {path}: {name} repeated in {headers:?}"
+        );
+    }
+    Seen::new(
+        record.response_code.expect("a response"),
+        &headers,
+        String::from_utf8_lossy(&record.response_body).into_owned(),
+    )
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[test]
+fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
+    let wasm = example_wasm().unwrap();
+    let (_runtime, clouds) = start_clouds().unwrap();
+    let mut names = clouds.keys();
+    let backend = clouds[names.next().unwrap()];
+    let info = clouds[names.next().unwrap()];
+    // What the clusters answer, read from them directly, is what
+    // policy-host's scripted clusters answer.
+    let direct = |address: SocketAddr, path: &str| {
+        let reply = send(address, "GET", path, &[]);
+        let mut response = Response {
+            status: reply.status,
+            body: reply.body.clone().into_bytes(),
+            ..Response::default()
+        };
+        for name in ["content-type", "content-length"] {
+            if let Some(value) = reply.header(name) {
+                response.headers.push((name.into(), value.as_bytes().to_vec()));
+            }
+        }
+        response
+    };
+
+    let started = now_nanos();
+    let envoy = Envoy::start(&envoy_config(
+        &wasm.display().to_string(),
+        backend,
+        info,
+    ))
+    .unwrap();
+
+    let module = FilterModule::load(&wasm).unwrap();
+    let environment = Environment::with_virtual_clock(1_800_000_000_000_000_000);
+    environment.upstreams.define_clusters(["backend", "info"]);
+    environment.upstreams.answer("backend", direct(backend, "/anything"));
+    environment.upstreams.answer("info", direct(info, "/info"));
+    environment.upstreams.route_by(":authority");
+    let mut vm = module
+        .start_with(
+            &environment,
+            VM_CONFIGURATION.as_bytes(),
+            TICK_MS.to_string().as_bytes(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The clock reads the time at VM start, outside any request.
+    let start_logs = vm.take_logs();
+    assert!(
+        start_logs
+            .iter()
+            .any(|l| l.message == "example-filter: VM started at 1800000000000000000"),
+        "{start_logs:?}"
+    );
+
+    let grpc = [("content-type", "application/grpc")];
+    let cases: Vec<(&str, &str, &[(&str, &str)])> = vec![
+        // Local replies: header names lower-cased, text/plain and a length.
+        ("GET", "/local/403", &[]),
+        ("GET", "/local/503", &[]),
+        ("HEAD", "/local/403", &[]),
+        // To a gRPC request, a trailers-only gRPC reply mapped from the status.
+        ("POST", "/local/503", &grpc),
+        ("POST", "/local/403", &grpc),
+        // A gRPC-shaped reply: to a plain request, and to a gRPC one.
+        ("GET", "/grpc-local/7", &[]),
+        ("POST", "/grpc-local/7", &grpc),
+        ("POST", "/grpc-local/0", &grpc),
+        // A callout answered, and one to a cluster Envoy does not have.
+        ("GET", "/callout/info", &[]),
+        ("GET", "/callout/nowhere", &[]),
+        // A gRPC call to a cluster Envoy does not have.
+        ("GET", "/grpc-call/nowhere", &[]),
+        // Passed on to the upstream, with the filter's response header.
+        ("GET", "/anything", &[]),
+    ];
+    let mut differences = Vec::new();
+    for (method, path, headers) in &cases {
+        let reply = send(envoy.listener, method, path, headers);
+        let in_envoy = Seen::new(reply.status, &reply.headers, reply.body.clone());
+        // policy-host routes by :authority; Envoy's single route goes to backend.
+        let mut with_authority = headers.to_vec();
+        with_authority.push(("host", "backend"));
+        let in_host = through_host(&mut vm, method, path, &with_authority);
+        if in_envoy != in_host {
+            differences.push(format!(
+                "{method} {path} {headers:?}\n  Envoy:       {in_envoy:?}\n  policy-host: {in_host:?}"
+            ));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "policy-host differs from Envoy:\n{}",
+        differences.join("\n")
+    );
+
+    // Ticks: Envoy's timer on the real clock, policy-host's on the virtual one.
+    std::thread::sleep(Duration::from_millis(TICK_MS * 4));
+    let reply = send(envoy.listener, "GET", "/ticks", &[]);
+    let ticks: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    let asked = now_nanos();
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0) as u128;
+    assert!(n(&ticks["ticks"]) >= 2, "Envoy ticked: {ticks}");
+    assert!(
+        (started..=asked).contains(&n(&ticks["last_tick_nanos"])),
+        "Envoy's last tick is between its start and now: {ticks}"
+    );
+    assert!(
+        (n(&ticks["last_tick_nanos"])..=asked).contains(&n(&ticks["now_nanos"])),
+        "Envoy's time now: {ticks}"
+    );
+    assert_eq!(ticks["vm_configuration"], VM_CONFIGURATION);
+    let start_log = envoy
+        .log_text()
+        .lines()
+        .find_map(|l| l.split("VM started at ").nth(1).map(str::to_string))
+        .expect("Envoy's log shows the VM start");
+    assert!(
+        (started..=asked).contains(&start_log.trim().parse::<u128>().unwrap()),
+        "the clock reads the time at VM start in Envoy: {start_log}"
+    );
+
+    let t0 = environment.clock.now_nanos();
+    assert_eq!(vm.advance(Duration::from_millis(350)).unwrap(), 3);
+    let record = vm.request(&spec("GET", "/ticks", &[])).unwrap();
+    let ticks: serde_json::Value = serde_json::from_slice(&record.response_body).unwrap();
+    assert_eq!(ticks["ticks"], 3, "{ticks}");
+    assert_eq!(
+        n(&ticks["last_tick_nanos"]),
+        u128::from(t0) + 300_000_000,
+        "{ticks}"
+    );
+    assert_eq!(n(&ticks["now_nanos"]), u128::from(t0) + 350_000_000);
+    assert_eq!(ticks["vm_configuration"], VM_CONFIGURATION);
+}

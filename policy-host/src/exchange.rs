@@ -60,12 +60,20 @@ impl LocalResponse {
         if self.body.is_empty() {
             headers.retain(|(k, _)| k != "content-length" && k != "content-type");
         } else {
-            set(&mut headers, "content-length", self.body.len().to_string().into_bytes());
+            set(
+                &mut headers,
+                "content-length",
+                self.body.len().to_string().into_bytes(),
+            );
             if !headers.iter().any(|(k, _)| k == "content-type") {
                 headers.push(("content-type".into(), b"text/plain".to_vec()));
             }
         }
-        let body = if is_head { Vec::new() } else { self.body.clone() };
+        let body = if is_head {
+            Vec::new()
+        } else {
+            self.body.clone()
+        };
         (headers, body)
     }
 }

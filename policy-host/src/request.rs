@@ -37,10 +37,71 @@ pub struct RequestSpec {
     #[serde(default)]
     pub body: Option<BodySpec>,
     /// Properties answered as given (`None`: not found), before those the
-    /// request implies: what a request cannot carry, such as
-    /// `request.time` or `connection.id`, when a replay restores them.
-    #[serde(skip)]
+    /// request implies: dynamic metadata (`metadata.filter_metadata.NS.KEY`),
+    /// filter state, or what a request cannot carry, such as `request.time`
+    /// or `connection.id`, when a replay restores them. In a file, a list of
+    /// `{path, value}`: the path a list of segments (or a dotted string when
+    /// no segment holds a dot); the value a string (its bytes), an integer
+    /// (8 bytes little-endian), a bool (one byte), or null (not found), as
+    /// Envoy encodes them.
+    #[serde(default, deserialize_with = "given_properties")]
     pub properties: Vec<(Vec<String>, Option<Vec<u8>>)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GivenProperty {
+    path: PropertyPath,
+    value: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PropertyPath {
+    Dotted(String),
+    Segments(Vec<String>),
+}
+
+fn given_properties<'de, D>(
+    deserializer: D,
+) -> Result<Vec<(Vec<String>, Option<Vec<u8>>)>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let given = Vec::<GivenProperty>::deserialize(deserializer)?;
+    given
+        .into_iter()
+        .map(|p| {
+            let path = match p.path {
+                PropertyPath::Dotted(text) => text.split('.').map(str::to_string).collect(),
+                PropertyPath::Segments(segments) => segments,
+            };
+            let name = path.join(".");
+            if path.is_empty() || path.iter().any(String::is_empty) {
+                return Err(D::Error::custom(format!(
+                    "property '{name}': an empty path segment"
+                )));
+            }
+            let value = match p.value {
+                serde_json::Value::Null => None,
+                serde_json::Value::String(s) => Some(s.into_bytes()),
+                serde_json::Value::Bool(b) => Some(vec![u8::from(b)]),
+                serde_json::Value::Number(n) => match n.as_i64() {
+                    Some(i) => Some(i.to_le_bytes().to_vec()),
+                    None => return Err(D::Error::custom(format!(
+                        "property '{name}': {n} is not an integer (give other values as strings)"
+                    ))),
+                },
+                other => {
+                    return Err(D::Error::custom(format!(
+                        "property '{name}': {other} is not a string, integer, bool or null"
+                    )))
+                }
+            };
+            Ok((path, value))
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -10,7 +10,9 @@ use std::path::Path;
 use anyhow::{bail, Context as _, Result};
 use wasmtime::{Config, Engine, Instance, Linker, Module, Store, Val, ValType};
 
-use crate::abi::{self, CallState, GrpcCall, HeaderMap, HostState, HttpCall, LocalResponse, LogLine};
+use crate::abi::{
+    self, CallState, GrpcCall, HeaderMap, HostState, HttpCall, LocalResponse, LogLine,
+};
 use crate::compile_cache;
 use crate::environment::Environment;
 use crate::exchange::Exchange;
@@ -437,7 +439,11 @@ impl Vm {
         let body = std::mem::take(&mut exchange.request_body);
         self.store.data_mut().exchange = exchange;
         self.stream = id;
-        self.call("proxy_on_context_create", &[id as i32, ROOT as i32], CALLBACK_FUEL)?;
+        self.call(
+            "proxy_on_context_create",
+            &[id as i32, ROOT as i32],
+            CALLBACK_FUEL,
+        )?;
         Ok(body)
     }
 
@@ -654,7 +660,11 @@ impl Vm {
         exchange.response_code = headers
             .first()
             .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok());
-        let chunks: Vec<&[u8]> = if body.is_empty() { Vec::new() } else { vec![&body] };
+        let chunks: Vec<&[u8]> = if body.is_empty() {
+            Vec::new()
+        } else {
+            vec![&body]
+        };
         self.respond(headers, &chunks, HeaderMap::new())
     }
 

@@ -171,7 +171,11 @@ fn through_host(vm: &mut Vm, method: &str, path: &str, headers: &[(&str, &str)])
     // As Envoy holds them: lower-case names, and a header the filter
     // replaced is there once.
     for (name, _) in &headers {
-        assert_eq!(*name, name.to_ascii_lowercase(), "{method} {path}: {headers:?}");
+        assert_eq!(
+            *name,
+            name.to_ascii_lowercase(),
+            "{method} {path}: {headers:?}"
+        );
         assert_eq!(
             headers.iter().filter(|(k, _)| k == name).count(),
             1,
@@ -210,24 +214,23 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
         };
         for name in ["content-type", "content-length"] {
             if let Some(value) = reply.header(name) {
-                response.headers.push((name.into(), value.as_bytes().to_vec()));
+                response
+                    .headers
+                    .push((name.into(), value.as_bytes().to_vec()));
             }
         }
         response
     };
 
     let started = now_nanos();
-    let envoy = Envoy::start(&envoy_config(
-        &wasm.display().to_string(),
-        backend,
-        info,
-    ))
-    .unwrap();
+    let envoy = Envoy::start(&envoy_config(&wasm.display().to_string(), backend, info)).unwrap();
 
     let module = FilterModule::load(&wasm).unwrap();
     let environment = Environment::with_virtual_clock(1_800_000_000_000_000_000);
     environment.upstreams.define_clusters(["backend", "info"]);
-    environment.upstreams.answer("backend", direct(backend, "/anything"));
+    environment
+        .upstreams
+        .answer("backend", direct(backend, "/anything"));
     environment.upstreams.answer("info", direct(info, "/info"));
     environment.upstreams.route_by(":authority");
     let mut vm = module

@@ -197,16 +197,41 @@ mod filter {
                     Action::Pause
                 }
                 Todo::Callout(cluster) => {
-                    let headers = vec![(":method", "GET"), (":path", "/info"), (":authority", cluster.as_str())];
-                    match self.dispatch_http_call(cluster, headers, None, vec![], Duration::from_secs(5)) {
+                    let headers = vec![
+                        (":method", "GET"),
+                        (":path", "/info"),
+                        (":authority", cluster.as_str()),
+                    ];
+                    match self.dispatch_http_call(
+                        cluster,
+                        headers,
+                        None,
+                        vec![],
+                        Duration::from_secs(5),
+                    ) {
                         Ok(_) => Action::Pause,
-                        Err(status) => self.answer(500, vec![], &format!("callout to {cluster} refused: {status:?}\n")),
+                        Err(status) => self.answer(
+                            500,
+                            vec![],
+                            &format!("callout to {cluster} refused: {status:?}\n"),
+                        ),
                     }
                 }
                 Todo::GrpcCall(cluster) => {
-                    match self.dispatch_grpc_call(cluster, "example.Echo", "Say", vec![], Some(b"hello"), Duration::from_secs(5)) {
+                    match self.dispatch_grpc_call(
+                        cluster,
+                        "example.Echo",
+                        "Say",
+                        vec![],
+                        Some(b"hello"),
+                        Duration::from_secs(5),
+                    ) {
                         Ok(_) => Action::Pause,
-                        Err(status) => self.answer(500, vec![], &format!("gRPC call to {cluster} refused: {status:?}\n")),
+                        Err(status) => self.answer(
+                            500,
+                            vec![],
+                            &format!("gRPC call to {cluster} refused: {status:?}\n"),
+                        ),
                     }
                 }
                 Todo::Ticks => {
@@ -248,7 +273,9 @@ mod filter {
             match self.todo {
                 // A local reply's headers as the filter sees them again.
                 Todo::Local(_) => self.set_http_response_header("x-example", Some("local, seen")),
-                Todo::PassOn | Todo::Upper => self.add_http_response_header("X-Example-Upstream", "seen"),
+                Todo::PassOn | Todo::Upper => {
+                    self.add_http_response_header("X-Example-Upstream", "seen")
+                }
                 _ => {}
             }
             Action::Continue
@@ -258,9 +285,23 @@ mod filter {
     fn grpc_code(code: i32) -> GrpcStatusCode {
         use GrpcStatusCode::*;
         [
-            Ok, Cancelled, Unknown, InvalidArgument, DeadlineExceeded, NotFound, AlreadyExists,
-            PermissionDenied, ResourceExhausted, FailedPrecondition, Aborted, OutOfRange,
-            Unimplemented, Internal, Unavailable, DataLoss, Unauthenticated,
+            Ok,
+            Cancelled,
+            Unknown,
+            InvalidArgument,
+            DeadlineExceeded,
+            NotFound,
+            AlreadyExists,
+            PermissionDenied,
+            ResourceExhausted,
+            FailedPrecondition,
+            Aborted,
+            OutOfRange,
+            Unimplemented,
+            Internal,
+            Unavailable,
+            DataLoss,
+            Unauthenticated,
         ]
         .get(code as usize)
         .copied()

@@ -48,7 +48,7 @@ demo: wasm
 lint: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy -p celroute --target wasm32-wasip1 -- -D warnings
+	cargo clippy -p celroute -p example-filter --target wasm32-wasip1 -- -D warnings
 
 # `cargo test` also builds the workspace's binaries (the integration tests
 # run them); run them directly afterwards (a `cargo run -p` per binary would

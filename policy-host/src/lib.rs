@@ -9,6 +9,7 @@
 //! - [`testing`] and [`report`]: test files, coverage and output formats.
 //! - [`publish`]: validated, atomic publication of a policy to Envoy's ECDS.
 //! - [`replay`]: logged requests decided again with another policy.
+//! - [`run`]: scripted exchanges through any proxy-wasm filter.
 
 pub mod abi;
 pub mod clock;
@@ -21,6 +22,7 @@ pub mod publish;
 pub mod replay;
 pub mod report;
 pub mod request;
+pub mod run;
 pub mod scripted;
 pub mod testing;
 pub mod upstream;

@@ -40,6 +40,9 @@ enum Command {
     /// new policy: traffic per cluster before and after, moves, denials,
     /// cost and constraints.
     Replay(commands::replay::ReplayArgs),
+    /// Run a scripted exchange (requests, time, shutdown) through any
+    /// proxy-wasm filter given with --wasm, and show what Envoy would show.
+    Run(commands::run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,5 +82,6 @@ fn run(cli: Cli) -> Result<bool> {
         Command::Check(args) => commands::check::run(&module, args),
         Command::Publish(args) => commands::publish::run(&module, &wasm, args),
         Command::Replay(args) => commands::replay::run(&module, args),
+        Command::Run(args) => commands::run::run(&module, args),
     }
 }

@@ -45,8 +45,11 @@ pub struct RequestSpec {
     /// (8 bytes little-endian), a bool (one byte), or null (not found), as
     /// Envoy encodes them.
     #[serde(default, deserialize_with = "given_properties")]
-    pub properties: Vec<(Vec<String>, Option<Vec<u8>>)>,
+    pub properties: Vec<GivenValue>,
 }
+
+/// A property path and the value it is answered with (`None`: not found).
+pub type GivenValue = (Vec<String>, Option<Vec<u8>>);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,9 +65,7 @@ enum PropertyPath {
     Segments(Vec<String>),
 }
 
-fn given_properties<'de, D>(
-    deserializer: D,
-) -> Result<Vec<(Vec<String>, Option<Vec<u8>>)>, D::Error>
+fn given_properties<'de, D>(deserializer: D) -> Result<Vec<GivenValue>, D::Error>
 where
     D: serde::Deserializer<'de>,
 {
@@ -89,9 +90,11 @@ where
                 serde_json::Value::Bool(b) => Some(vec![u8::from(b)]),
                 serde_json::Value::Number(n) => match n.as_i64() {
                     Some(i) => Some(i.to_le_bytes().to_vec()),
-                    None => return Err(D::Error::custom(format!(
+                    None => {
+                        return Err(D::Error::custom(format!(
                         "property '{name}': {n} is not an integer (give other values as strings)"
-                    ))),
+                    )))
+                    }
                 },
                 other => {
                     return Err(D::Error::custom(format!(

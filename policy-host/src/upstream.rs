@@ -75,6 +75,8 @@ struct Script {
     /// The clusters Envoy has, when defined; else every cluster exists.
     defined: Option<std::collections::HashSet<String>>,
     grpc: HashMap<String, GrpcReply>,
+    /// Every request goes to this cluster (a route's `cluster`), when set.
+    fixed_route: Option<String>,
     route_header: Option<String>,
     clusters: HashMap<String, Response>,
     latencies: HashMap<String, std::time::Duration>,
@@ -164,8 +166,21 @@ impl Upstreams {
         });
     }
 
+    /// Routes every request to `cluster`, as a route with a fixed `cluster`.
+    pub fn route_to(&self, cluster: &str) {
+        self.with(|s| s.fixed_route = Some(cluster.to_string()));
+    }
+
+    /// The cluster every request is routed to, if the route names one.
+    pub fn fixed_route(&self) -> Option<String> {
+        self.with(|s| s.fixed_route.clone())
+    }
+
     /// The cluster a request with these headers is routed to.
     pub fn cluster_of(&self, request_headers: &HeaderMap) -> Option<String> {
+        if let Some(cluster) = self.with(|s| s.fixed_route.clone()) {
+            return Some(cluster);
+        }
         let header = self.with(|s| s.route_header.clone());
         let header = header.as_deref().unwrap_or(DEFAULT_ROUTE_HEADER);
         request_headers

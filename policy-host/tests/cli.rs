@@ -730,3 +730,86 @@ fn a_policy_reading_what_the_log_did_not_record_is_unknown_and_the_gate_refuses_
     );
     assert_eq!(std::fs::read_dir(live.path()).unwrap().count(), 0);
 }
+
+const EXAMPLE_WASM: &str = "target/wasm32-wasip1/release/example_filter.wasm";
+const EXAMPLE_SCRIPT: &str = "examples/example-filter/example.run.yaml";
+
+#[test]
+fn run_takes_any_filter_through_a_script_and_checks_what_it_expects() {
+    let (code, out, err) = policy_host(&["run", "--wasm", EXAMPLE_WASM, EXAMPLE_SCRIPT]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.ends_with("10 steps, 10 with expectations, 0 expectation(s) not met\n"),
+        "{out}"
+    );
+    assert!(out.contains("--- step 1: GET /local/403"), "{out}");
+
+    // The JSON report, with another plugin configuration from a file: no ticks.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::write(&config, "").unwrap();
+    let (code, out, err) = policy_host(&[
+        "run",
+        "--wasm",
+        EXAMPLE_WASM,
+        EXAMPLE_SCRIPT,
+        "--config",
+        config.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(code, 1, "the tick expectations fail now: {out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["steps"][7]["ticks"], 0, "{out}");
+    let failures: Vec<&str> = report["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert!(
+        failures[0].starts_with("step 8 (advance 350ms): ticks: expected 3, got 0"),
+        "{failures:?}"
+    );
+    assert_eq!(report["end"]["shared_data"], serde_json::json!({}));
+}
+
+#[test]
+fn run_names_what_is_wrong_in_a_script() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "steps:\n  - advance: 5 seconds\n",
+            "steps[0].advance: '5 seconds' is not a duration such as 250ms, 2s or 1m",
+        ),
+        (
+            "steps:\n  - {request: {path: /}, advance: 1s}\n",
+            "steps[0]: a step is exactly one of request, advance or shutdown",
+        ),
+        (
+            "steps:\n  - {requets: {path: /}}\n",
+            "unknown field `requets`",
+        ),
+        (
+            "clock: yesterday\nsteps: []\n",
+            "clock: 'yesterday' is neither an RFC 3339 time nor 'system'",
+        ),
+        (
+            "route: {cluster: a, cluster_header: b}\nsteps: []\n",
+            "route: give either cluster or cluster_header",
+        ),
+        (
+            "configuration: \"abc\"\nsteps: []\n",
+            "configuration 'abc' is not a tick period in milliseconds",
+        ),
+    ];
+    for (i, (text, message)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("script{i}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        let (code, out, err) =
+            policy_host(&["run", "--wasm", EXAMPLE_WASM, path.to_str().unwrap()]);
+        assert_eq!(code, 2, "{text}: {out}{err}");
+        assert!(err.contains(message), "{text}: wanted {message:?} in {err}");
+    }
+}

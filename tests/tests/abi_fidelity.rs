@@ -250,7 +250,8 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
     );
 
     let grpc = [("content-type", "application/grpc")];
-    let cases: Vec<(&str, &str, &[(&str, &str)])> = vec![
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let cases: Vec<Case> = vec![
         // Local replies: header names lower-cased, text/plain and a length.
         ("GET", "/local/403", &[]),
         ("GET", "/local/503", &[]),

@@ -145,7 +145,7 @@ mod filter {
 
     impl Stream {
         fn answer(&self, status: u32, headers: Vec<(&str, &str)>, body: &str) -> Action {
-            let _ = self.send_http_response(status, headers, Some(body.as_bytes()));
+            self.send_http_response(status, headers, Some(body.as_bytes()));
             Action::Pause
         }
     }
@@ -189,7 +189,7 @@ mod filter {
                 ),
                 Todo::GrpcLocal(code) => {
                     let code = grpc_code(*code);
-                    let _ = self.send_grpc_response(
+                    self.send_grpc_response(
                         code,
                         Some("refused by example-filter"),
                         vec![("X-Example", b"local")],

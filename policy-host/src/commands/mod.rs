@@ -5,4 +5,5 @@ pub mod check;
 pub mod eval;
 pub mod publish;
 pub mod replay;
+pub mod run;
 pub mod test;

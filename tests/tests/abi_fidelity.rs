@@ -270,6 +270,8 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
         ("GET", "/grpc-call/nowhere", &[]),
         // Passed on to the upstream, with the filter's response header.
         ("GET", "/anything", &[]),
+        // Metric operations and what they leave.
+        ("GET", "/metric-ops", &[]),
     ];
     let mut differences = Vec::new();
     for (method, path, headers) in &cases {
@@ -282,6 +284,24 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
         if in_envoy != in_host {
             differences.push(format!(
                 "{method} {path} {headers:?}\n  Envoy:       {in_envoy:?}\n  policy-host: {in_host:?}"
+            ));
+        }
+    }
+    // The metrics the requests left: Envoy's stats against policy-host's
+    // (once Envoy has logged the last request).
+    let counted = vm
+        .metrics()
+        .into_iter()
+        .find(|(name, _)| name == "example_requests")
+        .map(|(_, value)| value)
+        .expect("the filter counts requests");
+    let _ = envoy.wait_stat("wasmcustom.example_requests", counted as u64);
+    let stats = envoy.stats("wasmcustom.example").unwrap();
+    for (name, value) in vm.metrics() {
+        let in_envoy = stats.get(&format!("wasmcustom.{name}")).copied();
+        if in_envoy != u64::try_from(value).ok() {
+            differences.push(format!(
+                "metric {name}: Envoy {in_envoy:?}, policy-host {value} (Envoy's: {stats:?})"
             ));
         }
     }

@@ -10,9 +10,12 @@
 //! | `/grpc-call/CLUSTER` | pauses, calls `example.Echo/Say` on `CLUSTER` with message `hello`, then answers with the gRPC status and message |
 //! | `/ticks` | answers with the ticks counted so far, the time of the last one and the time now (nanoseconds since the epoch) |
 //! | `/upper` | upper-cases the request body, then passes the request on |
+//! | `/metric-ops` | tries metric operations (a negative counter increment, a gauge decrement, recording a counter) and answers with each result and the values read back |
 //! | anything else | adds `x-example-seen: yes` to the request and `X-Example-Upstream: seen` to the response |
 //!
-//! The VM configuration, if any, is echoed in `/ticks` answers; the plugin
+//! Every request counts in the counter `example_requests` (in `on_log`) and
+//! leaves its response status in the gauge `example_last_status`. The VM
+//! configuration, if any, is echoed in `/ticks` answers; the plugin
 //! configuration is a tick period in milliseconds (empty: no ticks).
 //!
 //! `cargo build -p example-filter --target wasm32-wasip1 --release`
@@ -29,6 +32,7 @@ pub enum Action {
     GrpcCall(String),
     Ticks,
     Upper,
+    MetricOps,
     PassOn,
 }
 
@@ -45,6 +49,7 @@ impl Action {
             ("grpc-call", Some(cluster)) if !cluster.is_empty() => Action::GrpcCall(cluster.into()),
             ("ticks", None) => Action::Ticks,
             ("upper", None) => Action::Upper,
+            ("metric-ops", None) => Action::MetricOps,
             _ => Action::PassOn,
         }
     }
@@ -54,8 +59,9 @@ impl Action {
 mod filter {
     use std::time::{Duration, UNIX_EPOCH};
 
+    use proxy_wasm::hostcalls;
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
-    use proxy_wasm::types::{Action, ContextType, GrpcStatusCode, LogLevel};
+    use proxy_wasm::types::{Action, ContextType, GrpcStatusCode, LogLevel, MetricType};
 
     use super::{Action as Todo, TICKS_KEY};
 
@@ -68,6 +74,14 @@ mod filter {
     struct Root {
         vm_configuration: String,
         ticks: u64,
+        metrics: Metrics,
+    }
+
+    /// Metric ids: a counter and a gauge.
+    #[derive(Default, Clone, Copy)]
+    struct Metrics {
+        requests: u32,
+        last_status: u32,
     }
 
     fn nanos(time: std::time::SystemTime) -> u128 {
@@ -97,6 +111,14 @@ mod filter {
         }
 
         fn on_configure(&mut self, _: usize) -> bool {
+            let counter = hostcalls::define_metric(MetricType::Counter, "example_requests");
+            let gauge = hostcalls::define_metric(MetricType::Gauge, "example_last_status");
+            if let (Ok(requests), Ok(last_status)) = (counter, gauge) {
+                self.metrics = Metrics {
+                    requests,
+                    last_status,
+                };
+            }
             let text = self
                 .get_plugin_configuration()
                 .map(|b| String::from_utf8_lossy(&b).trim().to_string())
@@ -130,6 +152,7 @@ mod filter {
             Some(Box::new(Stream {
                 todo: Todo::PassOn,
                 vm_configuration: self.vm_configuration.clone(),
+                metrics: self.metrics,
             }))
         }
 
@@ -141,6 +164,7 @@ mod filter {
     struct Stream {
         todo: Todo,
         vm_configuration: String,
+        metrics: Metrics,
     }
 
     impl Stream {
@@ -248,6 +272,21 @@ mod filter {
                     );
                     self.answer(200, vec![("content-type", "application/json")], &body)
                 }
+                Todo::MetricOps => {
+                    let Metrics {
+                        requests,
+                        last_status,
+                    } = self.metrics;
+                    let body = format!(
+                        "counter-1 {:?}; gauge-5 {:?}; gauge now {:?}; record counter 3 {:?}; counter now {:?}\n",
+                        hostcalls::increment_metric(requests, -1),
+                        hostcalls::increment_metric(last_status, -5),
+                        hostcalls::get_metric(last_status),
+                        hostcalls::record_metric(requests, 3),
+                        hostcalls::get_metric(requests),
+                    );
+                    self.answer(200, vec![], &body)
+                }
                 Todo::Upper => Action::Continue,
                 Todo::PassOn => {
                     self.set_http_request_header("x-example-seen", Some("yes"));
@@ -270,6 +309,8 @@ mod filter {
         }
 
         fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+            let status = self.get_http_response_header(":status").unwrap_or_default();
+            let _ = hostcalls::record_metric(self.metrics.last_status, status.parse().unwrap_or(0));
             match self.todo {
                 // A local reply's headers as the filter sees them again.
                 Todo::Local(_) => self.set_http_response_header("x-example", Some("local, seen")),
@@ -279,6 +320,10 @@ mod filter {
                 _ => {}
             }
             Action::Continue
+        }
+
+        fn on_log(&mut self) {
+            let _ = hostcalls::increment_metric(self.metrics.requests, 1);
         }
     }
 

@@ -39,8 +39,13 @@ pub(super) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_increment_metric",
         |mut c: Ctx<'_>, id: i32, offset: i64| {
             let metric = c.data_mut().metrics.get_mut(id as u32 as usize);
+            // As Envoy: a counter only goes up (a zero or negative
+            // increment is BadArgument); a gauge goes either way; a
+            // histogram cannot be incremented.
             Ok(match metric {
-                Some(m) if m.kind == 2 => Status::BadArgument as i32,
+                Some(m) if m.kind == 2 || (m.kind == 0 && offset <= 0) => {
+                    Status::BadArgument as i32
+                }
                 Some(m) => {
                     m.value = m.value.saturating_add(offset);
                     Status::Ok as i32
@@ -54,7 +59,13 @@ pub(super) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_record_metric",
         |mut c: Ctx<'_>, id: i32, value: i64| {
             let metric = c.data_mut().metrics.get_mut(id as u32 as usize);
+            // As Envoy: recording adds to a counter, sets a gauge, and
+            // records a histogram sample (kept here as its last value).
             Ok(match metric {
+                Some(m) if m.kind == 0 => {
+                    m.value = m.value.saturating_add(value);
+                    Status::Ok as i32
+                }
                 Some(m) => {
                     m.value = value;
                     Status::Ok as i32

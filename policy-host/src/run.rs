@@ -94,7 +94,8 @@ fn ok() -> u16 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GrpcSpec {
-    /// 0 answers with `message`; any other status closes the call with `error`.
+    /// 0 answers with `message`; any other status closes the call with
+    /// `error` as the upstream's `grpc-message`.
     #[serde(default)]
     pub status: u32,
     #[serde(default)]

@@ -61,8 +61,9 @@ impl Response {
     }
 }
 
-/// The answer to a unary gRPC call: status 0 with a message, or another
-/// status with an error message.
+/// The upstream's answer to a unary gRPC call: status 0 with a message,
+/// or another status with an error message (its `grpc-message`, which the
+/// filter reads as Envoy 1.40 presents it: with `{via_upstream}` appended).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GrpcReply {
     pub status: u32,

@@ -592,7 +592,10 @@ impl Vm {
                 CALLBACK_FUEL,
             )
         } else {
-            state.grpc_status = (reply.status, reply.error_message.clone().into_bytes());
+            // Envoy 1.40 gives the upstream's grpc-message with where the
+            // status came from appended: "{via_upstream}".
+            let message = format!("{}{{via_upstream}}", reply.error_message);
+            state.grpc_status = (reply.status, message.into_bytes());
             self.call(
                 "proxy_on_grpc_close",
                 &[context as i32, token as i32, reply.status as i32],

@@ -165,7 +165,7 @@ fn a_grpc_call_gets_its_message_or_its_failure() {
         header(&record.response_headers, "x-grpc-call-status"),
         Some("14")
     );
-    assert_eq!(record.response_body, b"no healthy upstream");
+    assert_eq!(record.response_body, b"no healthy upstream{via_upstream}");
 
     // Unscripted: the call waits, and the API can answer it.
     environment.upstreams.define_clusters(["quiet"]);

@@ -2,8 +2,9 @@
 //! filter (examples/example-filter) runs in real Envoy and in policy-host,
 //! and each exchange must look the same from the client's side: local
 //! replies (header case, content-type and length, gRPC-shaped replies),
-//! callouts answered or refused, gRPC calls to an unknown cluster, the
-//! VM configuration, and ticks with the time they fired.
+//! callouts answered or refused, gRPC calls answered, failed or to an
+//! unknown cluster, metrics, the VM configuration, and ticks with the time
+//! they fired.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -16,7 +17,7 @@ use celroute_tests::http::{Connection, Reply};
 use celroute_tests::start_clouds;
 use policy_host::environment::Environment;
 use policy_host::request::{Headers, RequestSpec};
-use policy_host::upstream::Response;
+use policy_host::upstream::{GrpcReply, Response};
 use policy_host::vm::{FilterModule, Vm};
 
 const VM_CONFIGURATION: &str = "vm-config-text";
@@ -33,6 +34,7 @@ const COMPARED: &[&str] = &[
     "x-example",
     "x-example-upstream",
     "x-callout-status",
+    "x-grpc-call-status",
 ];
 
 /// What the client sees, reduced to what the filter and host decide.
@@ -60,9 +62,85 @@ impl Seen {
     }
 }
 
-fn envoy_config(wasm: &str, backend: SocketAddr, info: SocketAddr) -> Config {
+/// What a gRPC test server answers every unary call.
+#[derive(Clone, Copy)]
+enum Grpc {
+    /// Status 0 with this message.
+    Reply(&'static str),
+    /// A trailers-only answer: this status and message.
+    Fail(u32, &'static str),
+}
+
+/// A gRPC server on loopback (HTTP/2 over cleartext) that answers every
+/// unary call as `answer` says, on the given runtime.
+fn grpc_server(runtime: &tokio::runtime::Runtime, answer: Grpc) -> SocketAddr {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
+
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let address = listener.local_addr().unwrap();
+    runtime.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let service =
+                hyper::service::service_fn(move |request: hyper::Request<Incoming>| async move {
+                    // Read the call, then answer it.
+                    let _ = request.into_body().collect().await;
+                    let mut response = hyper::Response::builder()
+                        .status(200)
+                        .header("content-type", "application/grpc");
+                    let body = match answer {
+                        Grpc::Reply(message) => {
+                            let mut frame = vec![0u8];
+                            frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+                            frame.extend_from_slice(message.as_bytes());
+                            let mut trailers = hyper::HeaderMap::new();
+                            trailers.insert("grpc-status", "0".parse().unwrap());
+                            Full::new(Bytes::from(frame))
+                                .with_trailers(async move { Some(Ok(trailers)) })
+                                .boxed()
+                        }
+                        Grpc::Fail(status, message) => {
+                            response = response
+                                .header("grpc-status", status.to_string())
+                                .header("grpc-message", message);
+                            Full::new(Bytes::new()).boxed()
+                        }
+                    };
+                    Ok::<_, std::convert::Infallible>(response.body(body).unwrap())
+                });
+            tokio::spawn(async move {
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+            });
+        }
+    });
+    address
+}
+
+const GRPC_REPLY: &str = "hello back";
+const GRPC_FAILURE: (u32, &str) = (14, "no healthy upstream");
+
+fn envoy_config(
+    wasm: &str,
+    backend: SocketAddr,
+    info: SocketAddr,
+    grpc_ok: SocketAddr,
+    grpc_down: SocketAddr,
+) -> Config {
     let listener_port = free_port().unwrap();
     let admin_port = free_port().unwrap();
+    const HTTP2: &str = r#"
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}"#;
     let cluster = |name: &str, address: SocketAddr| {
         format!(
             r#"
@@ -122,10 +200,12 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:{backend}{info}
+  clusters:{backend}{info}{grpc_ok}{grpc_down}
 "#,
         backend = cluster("backend", backend),
         info = cluster("info", info),
+        grpc_ok = cluster("grpc-ok", grpc_ok) + HTTP2,
+        grpc_down = cluster("grpc-down", grpc_down) + HTTP2,
     );
     Config {
         yaml: serde_yaml::from_str(&text).unwrap(),
@@ -222,12 +302,45 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
         response
     };
 
+    let grpc_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let grpc_ok = grpc_server(&grpc_runtime, Grpc::Reply(GRPC_REPLY));
+    let grpc_down = grpc_server(&grpc_runtime, Grpc::Fail(GRPC_FAILURE.0, GRPC_FAILURE.1));
+
     let started = now_nanos();
-    let envoy = Envoy::start(&envoy_config(&wasm.display().to_string(), backend, info)).unwrap();
+    let config = envoy_config(
+        &wasm.display().to_string(),
+        backend,
+        info,
+        grpc_ok,
+        grpc_down,
+    );
+    let envoy = Envoy::start(&config).unwrap();
 
     let module = FilterModule::load(&wasm).unwrap();
     let environment = Environment::with_virtual_clock(1_800_000_000_000_000_000);
-    environment.upstreams.define_clusters(["backend", "info"]);
+    environment
+        .upstreams
+        .define_clusters(["backend", "info", "grpc-ok", "grpc-down"]);
+    environment.upstreams.answer_grpc(
+        "grpc-ok",
+        GrpcReply {
+            status: 0,
+            message: GRPC_REPLY.as_bytes().to_vec(),
+            ..GrpcReply::default()
+        },
+    );
+    environment.upstreams.answer_grpc(
+        "grpc-down",
+        GrpcReply {
+            status: GRPC_FAILURE.0,
+            error_message: GRPC_FAILURE.1.into(),
+            ..GrpcReply::default()
+        },
+    );
     environment
         .upstreams
         .answer("backend", direct(backend, "/anything"));
@@ -266,7 +379,9 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
         // A callout answered, and one to a cluster Envoy does not have.
         ("GET", "/callout/info", &[]),
         ("GET", "/callout/nowhere", &[]),
-        // A gRPC call to a cluster Envoy does not have.
+        // gRPC calls: answered, failed, and to a cluster Envoy does not have.
+        ("GET", "/grpc-call/grpc-ok", &[]),
+        ("GET", "/grpc-call/grpc-down", &[]),
         ("GET", "/grpc-call/nowhere", &[]),
         // Passed on to the upstream, with the filter's response header.
         ("GET", "/anything", &[]),

@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use crate::clock::Clock;
 use crate::environment::Environment;
 use crate::request::{BodySpec, Headers, RequestSpec};
-use crate::upstream::{GrpcReply, Response};
+use crate::upstream::{GrpcReply, GrpcStreamReply, Response};
 use crate::vm::{FilterModule, Flow, RequestRecord, Vm};
 use crate::wire::HeaderMap;
 
@@ -65,6 +65,9 @@ pub struct ClusterSpec {
     /// What it answers unary gRPC calls; unset, they wait.
     #[serde(default)]
     pub grpc: Option<GrpcSpec>,
+    /// What it answers on gRPC streams; unset, they wait.
+    #[serde(default)]
+    pub grpc_stream: Option<GrpcStreamSpec>,
     /// How long it takes to answer (`250ms`, `2s`), on the virtual clock.
     #[serde(default)]
     pub latency: Option<String>,
@@ -100,6 +103,23 @@ pub struct GrpcSpec {
     pub status: u32,
     #[serde(default)]
     pub message: String,
+    #[serde(default)]
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcStreamSpec {
+    #[serde(default)]
+    pub initial_metadata: Headers,
+    /// The messages, in order (text).
+    #[serde(default)]
+    pub messages: Vec<String>,
+    #[serde(default)]
+    pub trailing_metadata: Headers,
+    /// The status it closes with, and its `grpc-message` when not 0.
+    #[serde(default)]
+    pub status: u32,
     #[serde(default)]
     pub error: String,
 }
@@ -242,6 +262,22 @@ impl Script {
                         status: grpc.status,
                         message: grpc.message.clone().into_bytes(),
                         error_message: grpc.error.clone(),
+                    },
+                );
+            }
+            if let Some(stream) = &cluster.grpc_stream {
+                upstreams.answer_grpc_stream(
+                    name,
+                    GrpcStreamReply {
+                        initial_metadata: pairs(&stream.initial_metadata),
+                        messages: stream
+                            .messages
+                            .iter()
+                            .map(|m| m.clone().into_bytes())
+                            .collect(),
+                        trailing_metadata: pairs(&stream.trailing_metadata),
+                        status: stream.status,
+                        error_message: stream.error.clone(),
                     },
                 );
             }
@@ -538,6 +574,19 @@ fn describe_request(report: &mut Map<String, Value>, spec: &RequestSpec, record:
         .collect();
     if !calls.is_empty() {
         report.insert("grpc_calls".into(), Value::Array(calls));
+    }
+    let streams: Vec<Value> = record
+        .grpc_streams
+        .iter()
+        .map(|s| {
+            let sent: Vec<String> = s.sent.iter().map(|m| text(m)).collect();
+            json!({ "cluster": s.cluster, "service": s.service, "method": s.method,
+                    "sent": sent, "local_closed": s.local_closed,
+                    "state": format!("{:?}", s.state).to_lowercase() })
+        })
+        .collect();
+    if !streams.is_empty() {
+        report.insert("grpc_streams".into(), Value::Array(streams));
     }
     if !record.properties.is_empty() {
         let mut properties: Vec<(String, Value)> = record

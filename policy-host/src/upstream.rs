@@ -63,7 +63,7 @@ impl Response {
 
 /// The upstream's answer to a unary gRPC call: status 0 with a message,
 /// or another status with an error message (its `grpc-message`, which the
-/// filter reads as Envoy 1.40 presents it: with `{via_upstream}` appended).
+/// filter reads as Envoy 1.40 presents it: see [`envoy_grpc_message`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GrpcReply {
     pub status: u32,
@@ -71,8 +71,33 @@ pub struct GrpcReply {
     pub error_message: String,
 }
 
+/// The upstream's answer on a gRPC stream: initial metadata, messages,
+/// trailing metadata, then the status it closes with (0, or another with
+/// an error message).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GrpcStreamReply {
+    pub initial_metadata: HeaderMap,
+    pub messages: Vec<Vec<u8>>,
+    pub trailing_metadata: HeaderMap,
+    pub status: u32,
+    pub error_message: String,
+}
+
+/// The status message a filter reads (`proxy_get_status`) when an upstream
+/// closes a gRPC call or stream, as Envoy 1.40 gives it: the upstream's
+/// `grpc-message` followed by where the status came from in braces, or
+/// that alone when there is no message (`via_upstream`).
+pub fn envoy_grpc_message(upstream_message: &str) -> String {
+    if upstream_message.is_empty() {
+        "via_upstream".to_string()
+    } else {
+        format!("{upstream_message}{{via_upstream}}")
+    }
+}
+
 #[derive(Debug, Default)]
 struct Script {
+    grpc_streams: HashMap<String, GrpcStreamReply>,
     /// The clusters Envoy has, when defined; else every cluster exists.
     defined: Option<std::collections::HashSet<String>>,
     grpc: HashMap<String, GrpcReply>,
@@ -120,6 +145,7 @@ impl Upstreams {
                     || s.clusters.contains_key(cluster)
                     || s.callouts.contains_key(cluster)
                     || s.grpc.contains_key(cluster)
+                    || s.grpc_streams.contains_key(cluster)
             }
         })
     }
@@ -127,6 +153,16 @@ impl Upstreams {
     /// Every unary gRPC call to `cluster` gets `reply`.
     pub fn answer_grpc(&self, cluster: &str, reply: GrpcReply) {
         self.with(|s| s.grpc.insert(cluster.to_string(), reply));
+    }
+
+    /// Every gRPC stream opened to `cluster` gets `reply` (once the filter
+    /// has opened it, after the callback that opened it).
+    pub fn answer_grpc_stream(&self, cluster: &str, reply: GrpcStreamReply) {
+        self.with(|s| s.grpc_streams.insert(cluster.to_string(), reply));
+    }
+
+    pub(crate) fn grpc_stream_reply(&self, cluster: &str) -> Option<GrpcStreamReply> {
+        self.with(|s| s.grpc_streams.get(cluster).cloned())
     }
 
     /// The scripted reply to a gRPC call to `cluster`, if any.

@@ -11,13 +11,13 @@ use anyhow::{bail, Context as _, Result};
 use wasmtime::{Config, Engine, Instance, Linker, Module, Store, Val, ValType};
 
 use crate::abi::{
-    self, CallState, GrpcCall, HeaderMap, HostState, HttpCall, LocalResponse, LogLine,
+    self, CallState, GrpcCall, GrpcStream, HeaderMap, HostState, HttpCall, LocalResponse, LogLine,
 };
 use crate::compile_cache;
 use crate::environment::Environment;
 use crate::exchange::Exchange;
 use crate::request::RequestSpec;
-use crate::upstream::{GrpcReply, Response};
+use crate::upstream::{envoy_grpc_message, GrpcReply, GrpcStreamReply, Response};
 
 /// The root context's id, as Envoy numbers it.
 const ROOT: u32 = 1;
@@ -226,6 +226,7 @@ impl FilterModule {
             next_context: ROOT + 1,
             answered: 0,
             grpc_answered: 0,
+            streams_answered: 0,
             stream: ROOT,
             since_tick: 0,
         };
@@ -284,8 +285,9 @@ pub struct Vm {
     /// Callouts (in `HostState::http_calls` order) already looked at for a
     /// scripted reply: each is answered at most once.
     answered: usize,
-    /// The same for gRPC calls.
+    /// The same for gRPC calls and streams.
     grpc_answered: usize,
+    streams_answered: usize,
     /// The context of the request in flight (the root's between requests).
     stream: u32,
     /// Virtual time since the last tick, in nanoseconds.
@@ -331,6 +333,8 @@ pub struct RequestRecord {
     pub http_calls: Vec<HttpCall>,
     /// gRPC calls this request's context dispatched.
     pub grpc_calls: Vec<GrpcCall>,
+    /// gRPC streams this request's context opened.
+    pub grpc_streams: Vec<GrpcStream>,
     /// The request phase ended paused without a reply (Envoy would wait).
     pub paused: bool,
     /// The cluster the request was routed to, when it left the proxy.
@@ -592,9 +596,7 @@ impl Vm {
                 CALLBACK_FUEL,
             )
         } else {
-            // Envoy 1.40 gives the upstream's grpc-message with where the
-            // status came from appended: "{via_upstream}".
-            let message = format!("{}{{via_upstream}}", reply.error_message);
+            let message = envoy_grpc_message(&reply.error_message);
             state.grpc_status = (reply.status, message.into_bytes());
             self.call(
                 "proxy_on_grpc_close",
@@ -611,6 +613,89 @@ impl Vm {
             state.exchange.request_forwarded.extend_from_slice(&passed);
         }
         result.map(|_| true)
+    }
+
+    /// Every gRPC stream the filter opened in this VM.
+    pub fn grpc_streams(&self) -> &[GrpcStream] {
+        &self.store.data().grpc_streams
+    }
+
+    /// The upstream answers the gRPC stream `token`, as Envoy delivers it:
+    /// initial metadata (`proxy_on_grpc_receive_initial_metadata`), each
+    /// message (`proxy_on_grpc_receive`), trailing metadata
+    /// (`proxy_on_grpc_receive_trailing_metadata`), then the close with its
+    /// status (`proxy_on_grpc_close`). A stream the filter cancels on the way
+    /// gets nothing more. `Ok(false)` when no open stream has that token.
+    pub fn answer_grpc_stream(
+        &mut self,
+        token: u32,
+        reply: &GrpcStreamReply,
+    ) -> Result<bool, GuestFault> {
+        let open = |vm: &Vm| {
+            vm.store
+                .data()
+                .grpc_streams
+                .iter()
+                .find(|s| s.token == token && s.state == CallState::Pending)
+                .map(|s| s.context)
+        };
+        let Some(context) = open(self) else {
+            return Ok(false);
+        };
+        if context != ROOT && !self.store.data().exchange.known_context(context) {
+            return Ok(false);
+        }
+        let (ctx, tok) = (context as i32, token as i32);
+        self.store.data_mut().exchange.resumed = false;
+        let count = reply.initial_metadata.len() as i32;
+        self.store.data_mut().grpc_initial_metadata = reply.initial_metadata.clone();
+        self.call(
+            "proxy_on_grpc_receive_initial_metadata",
+            &[ctx, tok, count],
+            CALLBACK_FUEL,
+        )?;
+        self.store.data_mut().grpc_initial_metadata.clear();
+        for message in &reply.messages {
+            if open(self).is_none() {
+                break;
+            }
+            self.store.data_mut().grpc_receive = message.clone();
+            let size = message.len() as i32;
+            self.call("proxy_on_grpc_receive", &[ctx, tok, size], CALLBACK_FUEL)?;
+            self.store.data_mut().grpc_receive.clear();
+        }
+        if open(self).is_some() {
+            let count = reply.trailing_metadata.len() as i32;
+            self.store.data_mut().grpc_trailing_metadata = reply.trailing_metadata.clone();
+            self.call(
+                "proxy_on_grpc_receive_trailing_metadata",
+                &[ctx, tok, count],
+                CALLBACK_FUEL,
+            )?;
+            self.store.data_mut().grpc_trailing_metadata.clear();
+        }
+        if open(self).is_some() {
+            let state = self.store.data_mut();
+            if let Some(stream) = state.grpc_streams.iter_mut().find(|s| s.token == token) {
+                stream.state = CallState::Answered;
+            }
+            let message = envoy_grpc_message(&reply.error_message);
+            state.grpc_status = (reply.status, message.into_bytes());
+            let closed = self.call(
+                "proxy_on_grpc_close",
+                &[ctx, tok, reply.status as i32],
+                CALLBACK_FUEL,
+            );
+            self.store.data_mut().grpc_status = (0, Vec::new());
+            closed?;
+        }
+        let state = self.store.data_mut();
+        if state.exchange.resumed && context == self.stream {
+            state.exchange.request_paused = false;
+            let passed = std::mem::take(&mut state.exchange.request_body);
+            state.exchange.request_forwarded.extend_from_slice(&passed);
+        }
+        Ok(true)
     }
 
     /// Answers every callout dispatched so far for which the environment
@@ -630,6 +715,11 @@ impl Vm {
                 self.grpc_answered += 1;
                 if let Some(reply) = upstreams.grpc_reply(&call.cluster) {
                     self.answer_grpc_call(call.token, &reply)?;
+                }
+            } else if let Some(stream) = state.grpc_streams.get(self.streams_answered).cloned() {
+                self.streams_answered += 1;
+                if let Some(reply) = upstreams.grpc_stream_reply(&stream.cluster) {
+                    self.answer_grpc_stream(stream.token, &reply)?;
                 }
             } else {
                 return Ok(());
@@ -756,6 +846,12 @@ impl Vm {
                 .grpc_calls
                 .iter()
                 .filter(|c| c.context == stream)
+                .cloned()
+                .collect(),
+            grpc_streams: state
+                .grpc_streams
+                .iter()
+                .filter(|s| s.context == stream)
                 .cloned()
                 .collect(),
         };

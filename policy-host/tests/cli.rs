@@ -739,7 +739,7 @@ fn run_takes_any_filter_through_a_script_and_checks_what_it_expects() {
     let (code, out, err) = policy_host(&["run", "--wasm", EXAMPLE_WASM, EXAMPLE_SCRIPT]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.ends_with("10 steps, 10 with expectations, 0 expectation(s) not met\n"),
+        out.ends_with("11 steps, 11 with expectations, 0 expectation(s) not met\n"),
         "{out}"
     );
     assert!(out.contains("--- step 1: GET /local/403"), "{out}");
@@ -760,7 +760,7 @@ fn run_takes_any_filter_through_a_script_and_checks_what_it_expects() {
     ]);
     assert_eq!(code, 1, "the tick expectations fail now: {out}{err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(report["steps"][7]["ticks"], 0, "{out}");
+    assert_eq!(report["steps"][8]["ticks"], 0, "{out}");
     let failures: Vec<&str> = report["failures"]
         .as_array()
         .unwrap()
@@ -769,7 +769,7 @@ fn run_takes_any_filter_through_a_script_and_checks_what_it_expects() {
         .collect();
     assert_eq!(failures.len(), 2, "{failures:?}");
     assert!(
-        failures[0].starts_with("step 8 (advance 350ms): ticks: expected 3, got 0"),
+        failures[0].starts_with("step 9 (advance 350ms): ticks: expected 3, got 0"),
         "{failures:?}"
     );
     assert_eq!(report["end"]["shared_data"], serde_json::json!({}));

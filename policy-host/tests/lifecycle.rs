@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use policy_host::environment::Environment;
 use policy_host::request::RequestSpec;
-use policy_host::upstream::{GrpcReply, Response};
+use policy_host::upstream::{GrpcReply, GrpcStreamReply, Response};
 use policy_host::vm::{FilterModule, Flow, Vm};
 
 mod common;
@@ -398,4 +398,77 @@ fn shutdown_calls_on_done_then_on_delete_as_envoy_does() {
     let shutdown = start(&root(0), &Environment::default()).shutdown().unwrap();
     assert!(!shutdown.deleted);
     assert!(shutdown.logs.is_empty());
+}
+
+#[test]
+fn a_grpc_stream_sends_and_receives_and_can_be_answered_by_token() {
+    let module = example();
+    let environment = Environment::default();
+    environment.upstreams.define_clusters(["chat"]);
+    let mut vm = start(&module, &environment);
+    vm.begin(&get("/grpc-stream/chat")).unwrap();
+    assert_eq!(vm.request_headers(true).unwrap(), Flow::Paused);
+    let stream = vm.grpc_streams().last().cloned().expect("a stream");
+    assert_eq!(stream.sent, [b"one".to_vec(), b"two".to_vec()]);
+    assert!(stream.local_closed, "the filter ended its side");
+    let reply = GrpcStreamReply {
+        initial_metadata: vec![("x-meta".into(), b"hello".to_vec())],
+        messages: vec![b"A".to_vec(), b"B".to_vec(), b"C".to_vec()],
+        trailing_metadata: vec![("x-trailer".into(), b"bye".to_vec())],
+        status: 9,
+        error_message: "not now".into(),
+    };
+    assert!(vm.answer_grpc_stream(stream.token, &reply).unwrap());
+    assert!(
+        !vm.answer_grpc_stream(stream.token, &reply).unwrap(),
+        "a closed stream gets nothing more"
+    );
+    let record = vm.finish().unwrap();
+    assert_eq!(
+        String::from_utf8(record.response_body).unwrap(),
+        "meta=hello; message=A; message=B; message=C; trailer=bye; close=9 not now{via_upstream}\n"
+    );
+
+    // To a cluster Envoy lacks: refused with ParseFailure.
+    let record = vm.request(&get("/grpc-stream/elsewhere")).unwrap();
+    assert_eq!(
+        record.response_body,
+        b"gRPC stream to elsewhere refused: ParseFailure\n"
+    );
+}
+
+#[test]
+fn a_cancelled_grpc_call_gets_no_answer_and_cancelling_twice_is_not_found() {
+    // Calls the cluster in the plugin configuration's place on configure,
+    // cancels the call, then tries again: Ok (0), then NotFound (1).
+    let wasm = guest(
+        r#"(import "env" "proxy_grpc_call" (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
+           (import "env" "proxy_grpc_cancel" (func $cancel (param i32) (result i32)))"#,
+        r#"(data (i32.const 100) "svcexample.EchoSay")
+           (func (export "proxy_on_configure") (param i32 i32) (result i32)
+             (if (call $call (i32.const 100) (i32.const 3) (i32.const 103) (i32.const 12)
+                   (i32.const 115) (i32.const 3) (i32.const 0) (i32.const 0)
+                   (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 16))
+               (then (return (i32.const 0))))
+             (i32.and
+               (i32.eqz (call $cancel (i32.load (i32.const 16))))
+               (i32.eq (call $cancel (i32.load (i32.const 16))) (i32.const 1))))
+           (func (export "proxy_on_grpc_receive") (param i32 i32 i32) unreachable)"#,
+    );
+    let module = FilterModule::from_bytes(&wasm).unwrap();
+    let environment = Environment::default();
+    environment.upstreams.answer_grpc(
+        "svc",
+        GrpcReply {
+            message: b"late".to_vec(),
+            ..GrpcReply::default()
+        },
+    );
+    let mut vm = start(&module, &environment);
+    let token = vm.grpc_calls()[0].token;
+    assert!(
+        !vm.answer_grpc_call(token, &GrpcReply::default()).unwrap(),
+        "a cancelled call is not answered (the guest would trap)"
+    );
+    vm.deliver_callouts().unwrap();
 }

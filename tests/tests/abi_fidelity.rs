@@ -17,7 +17,7 @@ use celroute_tests::http::{Connection, Reply};
 use celroute_tests::start_clouds;
 use policy_host::environment::Environment;
 use policy_host::request::{Headers, RequestSpec};
-use policy_host::upstream::{GrpcReply, Response};
+use policy_host::upstream::{GrpcReply, GrpcStreamReply, Response};
 use policy_host::vm::{FilterModule, Vm};
 
 const VM_CONFIGURATION: &str = "vm-config-text";
@@ -69,6 +69,28 @@ enum Grpc {
     Reply(&'static str),
     /// A trailers-only answer: this status and message.
     Fail(u32, &'static str),
+    /// A stream: initial metadata `x-meta: m1`, each message received sent
+    /// back upper-cased, trailing metadata `x-trailer: t1` and status 0.
+    Stream,
+}
+
+/// The messages of a gRPC body: 5-byte prefix (flag, big-endian length), message.
+fn grpc_messages(mut body: &[u8]) -> Vec<Vec<u8>> {
+    let mut messages = Vec::new();
+    while body.len() >= 5 {
+        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        let end = (5 + len).min(body.len());
+        messages.push(body[5..end].to_vec());
+        body = &body[end..];
+    }
+    messages
+}
+
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
 }
 
 /// A gRPC server on loopback (HTTP/2 over cleartext) that answers every
@@ -89,15 +111,29 @@ fn grpc_server(runtime: &tokio::runtime::Runtime, answer: Grpc) -> SocketAddr {
             let service =
                 hyper::service::service_fn(move |request: hyper::Request<Incoming>| async move {
                     // Read the call, then answer it.
-                    let _ = request.into_body().collect().await;
+                    let sent = match request.into_body().collect().await {
+                        Ok(body) => grpc_messages(&body.to_bytes()),
+                        Err(_) => Vec::new(),
+                    };
                     let mut response = hyper::Response::builder()
                         .status(200)
                         .header("content-type", "application/grpc");
                     let body = match answer {
+                        Grpc::Stream => {
+                            response = response.header("x-meta", "m1");
+                            let frames: Vec<u8> = sent
+                                .iter()
+                                .flat_map(|m| grpc_frame(&m.to_ascii_uppercase()))
+                                .collect();
+                            let mut trailers = hyper::HeaderMap::new();
+                            trailers.insert("grpc-status", "0".parse().unwrap());
+                            trailers.insert("x-trailer", "t1".parse().unwrap());
+                            Full::new(Bytes::from(frames))
+                                .with_trailers(async move { Some(Ok(trailers)) })
+                                .boxed()
+                        }
                         Grpc::Reply(message) => {
-                            let mut frame = vec![0u8];
-                            frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-                            frame.extend_from_slice(message.as_bytes());
+                            let frame = grpc_frame(message.as_bytes());
                             let mut trailers = hyper::HeaderMap::new();
                             trailers.insert("grpc-status", "0".parse().unwrap());
                             Full::new(Bytes::from(frame))
@@ -133,6 +169,7 @@ fn envoy_config(
     info: SocketAddr,
     grpc_ok: SocketAddr,
     grpc_down: SocketAddr,
+    grpc_stream: SocketAddr,
 ) -> Config {
     let listener_port = free_port().unwrap();
     let admin_port = free_port().unwrap();
@@ -200,12 +237,13 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:{backend}{info}{grpc_ok}{grpc_down}
+  clusters:{backend}{info}{grpc_ok}{grpc_down}{grpc_stream}
 "#,
         backend = cluster("backend", backend),
         info = cluster("info", info),
         grpc_ok = cluster("grpc-ok", grpc_ok) + HTTP2,
         grpc_down = cluster("grpc-down", grpc_down) + HTTP2,
+        grpc_stream = cluster("grpc-stream", grpc_stream) + HTTP2,
     );
     Config {
         yaml: serde_yaml::from_str(&text).unwrap(),
@@ -309,6 +347,7 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
         .unwrap();
     let grpc_ok = grpc_server(&grpc_runtime, Grpc::Reply(GRPC_REPLY));
     let grpc_down = grpc_server(&grpc_runtime, Grpc::Fail(GRPC_FAILURE.0, GRPC_FAILURE.1));
+    let grpc_stream = grpc_server(&grpc_runtime, Grpc::Stream);
 
     let started = now_nanos();
     let config = envoy_config(
@@ -317,14 +356,36 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
         info,
         grpc_ok,
         grpc_down,
+        grpc_stream,
     );
     let envoy = Envoy::start(&config).unwrap();
 
     let module = FilterModule::load(&wasm).unwrap();
     let environment = Environment::with_virtual_clock(1_800_000_000_000_000_000);
-    environment
-        .upstreams
-        .define_clusters(["backend", "info", "grpc-ok", "grpc-down"]);
+    environment.upstreams.define_clusters([
+        "backend",
+        "info",
+        "grpc-ok",
+        "grpc-down",
+        "grpc-stream",
+    ]);
+    environment.upstreams.answer_grpc_stream(
+        "grpc-stream",
+        GrpcStreamReply {
+            initial_metadata: vec![("x-meta".into(), b"m1".to_vec())],
+            messages: vec![b"ONE".to_vec(), b"TWO".to_vec()],
+            trailing_metadata: vec![("x-trailer".into(), b"t1".to_vec())],
+            ..GrpcStreamReply::default()
+        },
+    );
+    environment.upstreams.answer_grpc_stream(
+        "grpc-down",
+        GrpcStreamReply {
+            status: GRPC_FAILURE.0,
+            error_message: GRPC_FAILURE.1.into(),
+            ..GrpcStreamReply::default()
+        },
+    );
     environment.upstreams.answer_grpc(
         "grpc-ok",
         GrpcReply {
@@ -383,6 +444,11 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
         ("GET", "/grpc-call/grpc-ok", &[]),
         ("GET", "/grpc-call/grpc-down", &[]),
         ("GET", "/grpc-call/nowhere", &[]),
+        // gRPC streams: messages both ways, refused by the upstream, and to
+        // a cluster Envoy does not have.
+        ("GET", "/grpc-stream/grpc-stream", &[]),
+        ("GET", "/grpc-stream/grpc-down", &[]),
+        ("GET", "/grpc-stream/nowhere", &[]),
         // Passed on to the upstream, with the filter's response header.
         ("GET", "/anything", &[]),
         // Metric operations and what they leave.

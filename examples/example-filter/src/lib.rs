@@ -8,6 +8,7 @@
 //! | `/grpc-local/CODE` | a gRPC-shaped local reply: grpc-status `CODE`, message `refused by example-filter` |
 //! | `/callout/CLUSTER` | pauses, calls `GET /info` on `CLUSTER`, then answers 200 with the callout's status in `x-callout-status` and its body |
 //! | `/grpc-call/CLUSTER` | pauses, calls `example.Echo/Say` on `CLUSTER` with message `hello`, then answers with the gRPC status and message |
+//! | `/grpc-stream/CLUSTER` | pauses, opens a stream to `example.Echo/Chat` on `CLUSTER`, sends `one` and `two` (ending its side), then answers with what came back: the `x-meta` initial metadata, the messages, the `x-trailer` trailing metadata, the status and message |
 //! | `/ticks` | answers with the ticks counted so far, the time of the last one and the time now (nanoseconds since the epoch) |
 //! | `/upper` | upper-cases the request body, then passes the request on |
 //! | `/metric-ops` | tries metric operations (a negative counter increment, a gauge decrement, recording a counter) and answers with each result and the values read back |
@@ -30,6 +31,7 @@ pub enum Action {
     GrpcLocal(i32),
     Callout(String),
     GrpcCall(String),
+    GrpcStream(String),
     Ticks,
     Upper,
     MetricOps,
@@ -47,6 +49,9 @@ impl Action {
             ("grpc-local", Some(code)) => code.parse().map_or(Action::PassOn, Action::GrpcLocal),
             ("callout", Some(cluster)) if !cluster.is_empty() => Action::Callout(cluster.into()),
             ("grpc-call", Some(cluster)) if !cluster.is_empty() => Action::GrpcCall(cluster.into()),
+            ("grpc-stream", Some(cluster)) if !cluster.is_empty() => {
+                Action::GrpcStream(cluster.into())
+            }
             ("ticks", None) => Action::Ticks,
             ("upper", None) => Action::Upper,
             ("metric-ops", None) => Action::MetricOps,
@@ -153,6 +158,7 @@ mod filter {
                 todo: Todo::PassOn,
                 vm_configuration: self.vm_configuration.clone(),
                 metrics: self.metrics,
+                received: Vec::new(),
             }))
         }
 
@@ -165,6 +171,8 @@ mod filter {
         todo: Todo,
         vm_configuration: String,
         metrics: Metrics,
+        /// What a gRPC stream brought back, in order.
+        received: Vec<String>,
     }
 
     impl Stream {
@@ -199,6 +207,37 @@ mod filter {
                 status_message.unwrap_or_default()
             };
             self.answer(200, vec![("x-grpc-call-status", &status)], &body);
+        }
+
+        fn on_grpc_stream_initial_metadata(&mut self, _: u32, _: u32) {
+            let meta = self.get_grpc_stream_initial_metadata_value("x-meta");
+            let meta = meta.map(|b| String::from_utf8_lossy(&b).into_owned());
+            self.received
+                .push(format!("meta={}", meta.unwrap_or_default()));
+        }
+
+        fn on_grpc_stream_message(&mut self, _: u32, size: usize) {
+            let message = self.get_grpc_stream_message(0, size);
+            let message = message.map(|b| String::from_utf8_lossy(&b).into_owned());
+            self.received
+                .push(format!("message={}", message.unwrap_or_default()));
+        }
+
+        fn on_grpc_stream_trailing_metadata(&mut self, _: u32, _: u32) {
+            let trailer = self.get_grpc_stream_trailing_metadata_value("x-trailer");
+            let trailer = trailer.map(|b| String::from_utf8_lossy(&b).into_owned());
+            self.received
+                .push(format!("trailer={}", trailer.unwrap_or_default()));
+        }
+
+        fn on_grpc_stream_close(&mut self, _: u32, status_code: u32) {
+            let (_, message) = self.get_grpc_status();
+            self.received.push(format!(
+                "close={status_code} {}",
+                message.unwrap_or_default()
+            ));
+            let body = self.received.join("; ") + "\n";
+            self.answer(200, vec![], &body);
         }
     }
 
@@ -255,6 +294,20 @@ mod filter {
                             500,
                             vec![],
                             &format!("gRPC call to {cluster} refused: {status:?}\n"),
+                        ),
+                    }
+                }
+                Todo::GrpcStream(cluster) => {
+                    match self.open_grpc_stream(cluster, "example.Echo", "Chat", vec![]) {
+                        Ok(token) => {
+                            self.send_grpc_stream_message(token, Some(b"one"), false);
+                            self.send_grpc_stream_message(token, Some(b"two"), true);
+                            Action::Pause
+                        }
+                        Err(status) => self.answer(
+                            500,
+                            vec![],
+                            &format!("gRPC stream to {cluster} refused: {status:?}\n"),
                         ),
                     }
                 }

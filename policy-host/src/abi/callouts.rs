@@ -1,6 +1,6 @@
 //! Callouts: HTTP calls and unary gRPC calls, to the clusters the
 //! environment knows, answered by its scripted replies or by the caller
-//! (`Vm::answer_http_call`, `Vm::answer_grpc_call`). gRPC streams are not run.
+//! (`Vm::answer_http_call`, `Vm::answer_grpc_call`, `Vm::answer_grpc_stream`).
 
 use wasmtime::Linker;
 
@@ -103,61 +103,96 @@ pub(super) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
             })())
         },
     )?;
-    // gRPC streams are not run here: opening one to a known cluster is
-    // answered InternalFailure (with a warning in the log), not as Envoy,
-    // which opens it.
     l.func_wrap(
         "env",
         "proxy_grpc_stream",
         |mut c: Ctx<'_>,
          service_ptr: i32,
          service_len: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32| {
+         name_ptr: i32,
+         name_len: i32,
+         method_ptr: i32,
+         method_len: i32,
+         metadata_ptr: i32,
+         metadata_len: i32,
+         token_ptr: i32| {
             finish((|| {
                 let cluster = read_string(&mut c, service_ptr, service_len)?;
+                let service = read_string(&mut c, name_ptr, name_len)?;
+                let method = read_string(&mut c, method_ptr, method_len)?;
+                let metadata = deserialize_map(&read(&mut c, metadata_ptr, metadata_len)?)
+                    .ok_or(Status::SerializationFailure)?;
                 if !c.data().environment.upstreams.knows(&cluster) {
                     return Err(Status::ParseFailure.into());
                 }
-                c.data_mut().logs.push(LogLine {
-                    level: 3,
-                    message: format!(
-                        "policy-host: gRPC streams are not supported (stream to '{cluster}' refused with InternalFailure)"
-                    ),
+                let state = c.data_mut();
+                let token = state.next_token;
+                state.next_token += 1;
+                let context = state.current_context;
+                state.grpc_streams.push(GrpcStream {
+                    token,
+                    context,
+                    cluster,
+                    service,
+                    method,
+                    metadata,
+                    sent: Vec::new(),
+                    local_closed: false,
+                    state: CallState::Pending,
                 });
-                Err(Status::InternalFailure.into())
+                write_u32(&mut c, token_ptr, token)
             })())
         },
     )?;
     l.func_wrap(
         "env",
         "proxy_grpc_send",
-        |_: Ctx<'_>, _: i32, _: i32, _: i32, _: i32| Ok(Status::NotFound as i32),
+        |mut c: Ctx<'_>, token: i32, ptr: i32, len: i32, end_stream: i32| {
+            finish((|| {
+                let message = read(&mut c, ptr, len)?;
+                let stream = c
+                    .data_mut()
+                    .grpc_streams
+                    .iter_mut()
+                    .find(|s| s.token == token as u32 && s.state == CallState::Pending)
+                    .ok_or(Status::NotFound)?;
+                stream.sent.push(message);
+                stream.local_closed |= end_stream != 0;
+                Ok(())
+            })())
+        },
     )?;
-    // Cancelling a pending unary call: no answer is delivered for it.
-    l.func_wrap("env", "proxy_grpc_cancel", |mut c: Ctx<'_>, token: i32| {
-        let call = c
-            .data_mut()
-            .grpc_calls
-            .iter_mut()
-            .find(|call| call.token == token as u32 && call.state == CallState::Pending);
-        Ok(match call {
-            Some(call) => {
+    // Cancelling: a pending call or stream gets no more callbacks.
+    // Closing: a stream's side ends (its answer still comes); a call is cancelled.
+    for close in [false, true] {
+        let name = if close {
+            "proxy_grpc_close"
+        } else {
+            "proxy_grpc_cancel"
+        };
+        l.func_wrap("env", name, move |mut c: Ctx<'_>, token: i32| {
+            let token = token as u32;
+            let state = c.data_mut();
+            if let Some(call) = state
+                .grpc_calls
+                .iter_mut()
+                .find(|call| call.token == token && call.state == CallState::Pending)
+            {
                 call.state = CallState::Cancelled;
-                Status::Ok as i32
+                return Ok(Status::Ok as i32);
             }
-            None => Status::NotFound as i32,
-        })
-    })?;
-    // Closing is for streams, of which there are none.
-    l.func_wrap("env", "proxy_grpc_close", |_: Ctx<'_>, _: i32| {
-        Ok(Status::NotFound as i32)
-    })?;
+            match state
+                .grpc_streams
+                .iter_mut()
+                .find(|s| s.token == token && s.state == CallState::Pending)
+            {
+                Some(stream) if close => stream.local_closed = true,
+                Some(stream) => stream.state = CallState::Cancelled,
+                None => return Ok(Status::NotFound as i32),
+            }
+            Ok(Status::Ok as i32)
+        })?;
+    }
     l.func_wrap(
         "env",
         "proxy_get_status",

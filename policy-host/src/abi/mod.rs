@@ -125,6 +125,22 @@ pub enum CallState {
     Cancelled,
 }
 
+/// A gRPC stream the guest opened (`proxy_grpc_stream`), with the
+/// messages it sent.
+#[derive(Debug, Clone)]
+pub struct GrpcStream {
+    pub token: u32,
+    pub context: u32,
+    pub cluster: String,
+    pub service: String,
+    pub method: String,
+    pub metadata: HeaderMap,
+    pub sent: Vec<Vec<u8>>,
+    /// The guest ended its side (`end_stream`, or `proxy_grpc_close`).
+    pub local_closed: bool,
+    pub state: CallState,
+}
+
 /// A unary gRPC call the guest dispatched (`proxy_grpc_call`).
 #[derive(Debug, Clone)]
 pub struct GrpcCall {
@@ -164,8 +180,12 @@ pub struct HostState {
     pub environment: Environment,
     pub http_calls: Vec<HttpCall>,
     pub grpc_calls: Vec<GrpcCall>,
+    pub grpc_streams: Vec<GrpcStream>,
     /// The message of the `proxy_on_grpc_receive` being delivered.
     pub grpc_receive: Vec<u8>,
+    /// The metadata of the `proxy_on_grpc_receive_*_metadata` being delivered.
+    pub grpc_initial_metadata: HeaderMap,
+    pub grpc_trailing_metadata: HeaderMap,
     /// The root context answered false to `proxy_on_done` and has not
     /// called `proxy_done` yet.
     pub done_pending: bool,
@@ -201,7 +221,10 @@ impl HostState {
             environment,
             http_calls: Vec::new(),
             grpc_calls: Vec::new(),
+            grpc_streams: Vec::new(),
             grpc_receive: Vec::new(),
+            grpc_initial_metadata: Vec::new(),
+            grpc_trailing_metadata: Vec::new(),
             done_pending: false,
             tick_period_ms: 0,
             effective_context: 0,
@@ -226,7 +249,8 @@ impl HostState {
             MapType::ResponseTrailers => &mut self.exchange.response_trailers,
             MapType::HttpCallResponseHeaders => &mut self.http_call_response.0,
             MapType::HttpCallResponseTrailers => &mut self.http_call_response.2,
-            MapType::GrpcInitialMetadata | MapType::GrpcTrailingMetadata => return None,
+            MapType::GrpcInitialMetadata => &mut self.grpc_initial_metadata,
+            MapType::GrpcTrailingMetadata => &mut self.grpc_trailing_metadata,
         })
     }
 

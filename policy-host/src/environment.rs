@@ -15,6 +15,10 @@ pub struct SharedState {
     pub data: HashMap<String, (Vec<u8>, u32)>,
     /// (vm id, name, items); a queue's id is its index plus 1.
     pub queues: Vec<(String, String, VecDeque<Vec<u8>>)>,
+    /// The VM (its serial number) that registered each queue, by queue id.
+    pub queue_owners: HashMap<u32, u64>,
+    /// `proxy_on_queue_ready` notifications not delivered yet: (owner VM, queue id).
+    pub queue_ready: Vec<(u64, u32)>,
 }
 
 /// The store every VM of one environment reads and writes.

@@ -200,6 +200,14 @@ impl Exchange {
         }
     }
 
+    /// The filter let the request go on: what it held back of the body
+    /// goes to the upstream.
+    pub fn continue_request(&mut self) {
+        self.request_paused = false;
+        let passed = std::mem::take(&mut self.request_body);
+        self.request_forwarded.extend_from_slice(&passed);
+    }
+
     /// A HEAD request: its response has no body.
     pub fn is_head(&self) -> bool {
         self.header(":method").as_deref() == Some(b"HEAD".as_slice())

@@ -469,13 +469,22 @@ impl Vm {
         self.store.data_mut().exchange.resumed = false;
         let action = self.call(name, args, CALLBACK_FUEL)?;
         let exchange = &mut self.store.data_mut().exchange;
-        exchange.request_paused = action == Some(1) && !exchange.resumed;
-        if !exchange.request_paused {
-            // What the filter let through goes on to the upstream.
-            let passed = std::mem::take(&mut exchange.request_body);
-            exchange.request_forwarded.extend_from_slice(&passed);
+        if action != Some(1) || exchange.resumed {
+            exchange.continue_request();
+        } else {
+            exchange.request_paused = true;
         }
         Ok(self.flow())
+    }
+
+    /// After an answer delivered to `context`: the request goes on if the
+    /// filter continued it from there.
+    fn continue_if_resumed(&mut self, context: u32) {
+        let stream = self.stream;
+        let exchange = &mut self.store.data_mut().exchange;
+        if exchange.resumed && context == stream {
+            exchange.continue_request();
+        }
     }
 
     /// Delivers the request headers (`proxy_on_request_headers`).
@@ -559,11 +568,7 @@ impl Vm {
         let result = self.call("proxy_on_http_call_response", &args, CALLBACK_FUEL);
         let state = self.store.data_mut();
         state.http_call_response = Default::default();
-        if state.exchange.resumed && context == self.stream {
-            state.exchange.request_paused = false;
-            let passed = std::mem::take(&mut state.exchange.request_body);
-            state.exchange.request_forwarded.extend_from_slice(&passed);
-        }
+        self.continue_if_resumed(context);
         result.map(|_| true)
     }
 
@@ -607,11 +612,7 @@ impl Vm {
         let state = self.store.data_mut();
         state.grpc_receive.clear();
         state.grpc_status = (0, Vec::new());
-        if state.exchange.resumed && context == self.stream {
-            state.exchange.request_paused = false;
-            let passed = std::mem::take(&mut state.exchange.request_body);
-            state.exchange.request_forwarded.extend_from_slice(&passed);
-        }
+        self.continue_if_resumed(context);
         result.map(|_| true)
     }
 
@@ -689,19 +690,16 @@ impl Vm {
             self.store.data_mut().grpc_status = (0, Vec::new());
             closed?;
         }
-        let state = self.store.data_mut();
-        if state.exchange.resumed && context == self.stream {
-            state.exchange.request_paused = false;
-            let passed = std::mem::take(&mut state.exchange.request_body);
-            state.exchange.request_forwarded.extend_from_slice(&passed);
-        }
+        self.continue_if_resumed(context);
         Ok(true)
     }
 
     /// Answers every callout dispatched so far for which the environment
     /// has a scripted reply (`proxy_on_http_call_response` or the gRPC
-    /// callbacks, to the context that made the call). Callouts without one
-    /// stay unanswered (they can still be answered by token).
+    /// callbacks, to the context that made the call), and tells this VM's
+    /// root context of items enqueued to the shared queues it registered
+    /// (`proxy_on_queue_ready`, once per item, as Envoy does). Callouts
+    /// without a reply stay unanswered (they can still be answered by token).
     pub fn deliver_callouts(&mut self) -> Result<(), GuestFault> {
         loop {
             let state = self.store.data();
@@ -721,10 +719,28 @@ impl Vm {
                 if let Some(reply) = upstreams.grpc_stream_reply(&stream.cluster) {
                     self.answer_grpc_stream(stream.token, &reply)?;
                 }
+            } else if let Some(queue) = self.next_queue_ready() {
+                self.call(
+                    "proxy_on_queue_ready",
+                    &[ROOT as i32, queue as i32],
+                    CALLBACK_FUEL,
+                )?;
             } else {
                 return Ok(());
             }
         }
+    }
+
+    /// The next queue this VM registered that something was enqueued to
+    /// (by any VM of the environment) since it was last told.
+    fn next_queue_ready(&self) -> Option<u32> {
+        let serial = self.store.data().serial;
+        let mut shared = self.store.data().environment.shared.lock();
+        let at = shared
+            .queue_ready
+            .iter()
+            .position(|(owner, _)| *owner == serial)?;
+        Some(shared.queue_ready.remove(at).1)
     }
 
     /// The upstream's answer to the request: response headers, the body in

@@ -472,3 +472,49 @@ fn a_cancelled_grpc_call_gets_no_answer_and_cancelling_twice_is_not_found() {
     );
     vm.deliver_callouts().unwrap();
 }
+
+#[test]
+fn the_vm_that_registered_a_queue_is_told_of_each_item_enqueued() {
+    // A registers queue "q" and, when told, logs what it dequeues.
+    let owner = guest(
+        r#"(import "env" "proxy_register_shared_queue" (func $register (param i32 i32 i32) (result i32)))
+           (import "env" "proxy_dequeue_shared_queue" (func $dequeue (param i32 i32 i32) (result i32)))
+           (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))"#,
+        r#"(data (i32.const 100) "q")
+           (func (export "proxy_on_configure") (param i32 i32) (result i32)
+             (i32.eqz (call $register (i32.const 100) (i32.const 1) (i32.const 16))))
+           (func (export "proxy_on_queue_ready") (param i32 i32)
+             (if (i32.eqz (call $dequeue (local.get 1) (i32.const 24) (i32.const 28)))
+               (then (drop (call $log (i32.const 2) (i32.load (i32.const 24)) (i32.load (i32.const 28)))))))"#,
+    );
+    // B finds it and enqueues the plugin configuration.
+    let writer = guest(
+        r#"(import "env" "proxy_resolve_shared_queue" (func $resolve (param i32 i32 i32 i32 i32) (result i32)))
+           (import "env" "proxy_enqueue_shared_queue" (func $enqueue (param i32 i32 i32) (result i32)))
+           (import "env" "proxy_get_buffer_bytes" (func $buf (param i32 i32 i32 i32 i32) (result i32)))"#,
+        r#"(data (i32.const 100) "q")
+           (func (export "proxy_on_configure") (param i32 i32) (result i32)
+             (drop (call $resolve (i32.const 0) (i32.const 0) (i32.const 100) (i32.const 1) (i32.const 16)))
+             (drop (call $buf (i32.const 7) (i32.const 0) (i32.const -1) (i32.const 24) (i32.const 28)))
+             (i32.eqz (call $enqueue (i32.load (i32.const 16)) (i32.load (i32.const 24)) (i32.load (i32.const 28)))))"#,
+    );
+    let environment = Environment::default();
+    let owner = FilterModule::from_bytes(&owner).unwrap();
+    let writer = FilterModule::from_bytes(&writer).unwrap();
+    let mut a = owner
+        .start_in(&environment, b"")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut b = writer
+        .start_in(&environment, b"first")
+        .unwrap_or_else(|e| panic!("{e}"));
+    writer
+        .start_in(&environment, b"second")
+        .unwrap_or_else(|e| panic!("{e}"));
+    b.deliver_callouts().unwrap();
+    assert!(b.take_logs().is_empty(), "only the registering VM is told");
+    a.deliver_callouts().unwrap();
+    let logs: Vec<String> = a.take_logs().into_iter().map(|l| l.message).collect();
+    assert_eq!(logs, ["first", "second"]);
+    a.deliver_callouts().unwrap();
+    assert!(a.take_logs().is_empty(), "told once per item");
+}

@@ -163,8 +163,13 @@ pub struct Metric {
     pub value: i64,
 }
 
+/// Serial numbers for VMs, unique in the process.
+static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Everything the host knows about the VM and the request in flight.
 pub struct HostState {
+    /// This VM's serial number (which VM registered a shared queue).
+    pub serial: u64,
     pub plugin_configuration: Vec<u8>,
     pub vm_configuration: Vec<u8>,
     pub logs: Vec<LogLine>,
@@ -211,6 +216,7 @@ impl HostState {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0x9e37_79b9_7f4a_7c15);
         HostState {
+            serial: NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             plugin_configuration,
             vm_configuration: Vec::new(),
             logs: Vec::new(),

@@ -53,6 +53,7 @@ pub(super) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: Ctx<'_>, name_ptr: i32, name_len: i32, id_ptr: i32| {
             finish((|| {
                 let name = read_string(&mut c, name_ptr, name_len)?;
+                let serial = c.data().serial;
                 let mut store = c.data().environment.shared.lock();
                 let queues = &mut store.queues;
                 let id = match queues
@@ -65,6 +66,8 @@ pub(super) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                         queues.len() - 1
                     }
                 };
+                // The registering VM is told when something is enqueued.
+                store.queue_owners.insert(id as u32 + 1, serial);
                 drop(store);
                 write_u32(&mut c, id_ptr, id as u32 + 1)
             })())
@@ -108,7 +111,11 @@ pub(super) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut c: Ctx<'_>, id: i32, ptr: i32, len: i32| {
             finish((|| {
                 let value = read(&mut c, ptr, len)?;
-                queue(&mut c.data().environment.shared.lock(), id)?.push_back(value);
+                let mut store = c.data().environment.shared.lock();
+                queue(&mut store, id)?.push_back(value);
+                if let Some(owner) = store.queue_owners.get(&(id as u32)).copied() {
+                    store.queue_ready.push((owner, id as u32));
+                }
                 Ok(())
             })())
         },

@@ -1,5 +1,6 @@
 //! `policy-host`: test, explain and check celroute policies offline, with the
-//! same `celroute.wasm` Envoy runs.
+//! same `celroute.wasm` Envoy runs; run any proxy-wasm filter through a
+//! scripted exchange.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +16,7 @@ use policy_host::vm::FilterModule;
 #[command(
     name = "policy-host",
     version,
-    about = "Test, explain and check celroute policies with the real celroute.wasm"
+    about = "Test, explain and check celroute policies with the real celroute.wasm; run any proxy-wasm filter through a scripted exchange"
 )]
 struct Cli {
     /// The filter to run (default: the workspace's target/wasm32-wasip1/release/celroute.wasm).

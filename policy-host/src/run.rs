@@ -446,6 +446,11 @@ fn request(
             vm.deliver_callouts().map_err(fault)?;
         }
     }
+    // Paused on a callout nobody answers: on a virtual clock, wait for its
+    // timeout as Envoy would (a real clock is not moved).
+    if vm.flow() == Flow::Paused && matches!(environment.clock, Clock::Virtual(_)) {
+        vm.wait_for_callouts()?;
+    }
     if vm.flow() == Flow::Continue {
         let upstreams = &environment.upstreams;
         let headers = &vm.state().exchange.request_headers.clone();

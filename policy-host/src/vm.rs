@@ -932,22 +932,93 @@ impl Vm {
         let mut left = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
         let mut ticks = 0;
         loop {
+            // The next event: a tick, or a callout's timeout.
             let period = u64::from(self.store.data().tick_period_ms) * 1_000_000;
-            if period == 0 {
-                clock.advance(std::time::Duration::from_nanos(left))?;
+            let tick_due = (period > 0).then(|| period.saturating_sub(self.since_tick));
+            let now = clock.now_nanos();
+            let timeout_due = self.next_timeout().map(|at| at.saturating_sub(now));
+            let step = [tick_due, timeout_due, Some(left)]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(left);
+            clock.advance(std::time::Duration::from_nanos(step))?;
+            left -= step;
+            self.since_tick += step;
+            self.expire_callouts()?;
+            if period > 0 && self.since_tick >= period {
+                self.since_tick = 0;
+                self.tick()?;
+                ticks += 1;
+            }
+            if left == 0 {
                 return Ok(ticks);
             }
-            let due = period.saturating_sub(self.since_tick);
-            if due > left {
-                clock.advance(std::time::Duration::from_nanos(left))?;
-                self.since_tick += left;
-                return Ok(ticks);
-            }
-            clock.advance(std::time::Duration::from_nanos(due))?;
-            left -= due;
-            self.since_tick = 0;
-            self.tick()?;
-            ticks += 1;
+        }
+    }
+
+    /// Lets a virtual clock run while the request in flight is paused on
+    /// an unanswered HTTP callout, up to the callout's timeout (ticking on
+    /// the way), as Envoy would wait. Returns how long it waited.
+    pub fn wait_for_callouts(&mut self) -> anyhow::Result<std::time::Duration> {
+        let mut waited = 0;
+        while self.flow() == Flow::Paused {
+            let stream = self.stream;
+            let deadline = self
+                .store
+                .data()
+                .http_calls
+                .iter()
+                .filter(|c| c.context == stream && !c.answered && c.timeout_ms > 0)
+                .map(|c| c.dispatched_at + u64::from(c.timeout_ms) * 1_000_000)
+                .min();
+            let Some(deadline) = deadline else {
+                break;
+            };
+            let now = self.store.data().environment.clock.now_nanos();
+            let by = deadline.saturating_sub(now);
+            self.advance(std::time::Duration::from_nanos(by))?;
+            waited += by;
+        }
+        Ok(std::time::Duration::from_nanos(waited))
+    }
+
+    /// When the first unanswered HTTP callout times out (clock nanoseconds).
+    fn next_timeout(&self) -> Option<u64> {
+        self.store
+            .data()
+            .http_calls
+            .iter()
+            .filter(|c| !c.answered && c.timeout_ms > 0)
+            .map(|c| c.dispatched_at + u64::from(c.timeout_ms) * 1_000_000)
+            .min()
+    }
+
+    /// Answers each unanswered HTTP callout whose timeout has passed as
+    /// Envoy's HTTP client does: with its local reply, 504 `upstream
+    /// request timeout`.
+    fn expire_callouts(&mut self) -> Result<(), GuestFault> {
+        let now = self.store.data().environment.clock.now_nanos();
+        loop {
+            let expired = self.store.data().http_calls.iter().find(|c| {
+                !c.answered
+                    && c.timeout_ms > 0
+                    && c.dispatched_at + u64::from(c.timeout_ms) * 1_000_000 <= now
+            });
+            let Some(token) = expired.map(|c| c.token) else {
+                return Ok(());
+            };
+            let body = "upstream request timeout";
+            let timeout = Response {
+                status: 504,
+                headers: vec![
+                    ("content-length".into(), body.len().to_string().into_bytes()),
+                    ("content-type".into(), b"text/plain".to_vec()),
+                ],
+                body: body.as_bytes().to_vec(),
+                ..Response::default()
+            };
+            self.answer_http_call(token, Some(&timeout))?;
         }
     }
 

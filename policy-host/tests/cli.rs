@@ -739,7 +739,7 @@ fn run_takes_any_filter_through_a_script_and_checks_what_it_expects() {
     let (code, out, err) = policy_host(&["run", "--wasm", EXAMPLE_WASM, EXAMPLE_SCRIPT]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.ends_with("11 steps, 11 with expectations, 0 expectation(s) not met\n"),
+        out.ends_with("12 steps, 12 with expectations, 0 expectation(s) not met\n"),
         "{out}"
     );
     assert!(out.contains("--- step 1: GET /local/403"), "{out}");

@@ -18,7 +18,7 @@ use celroute_tests::start_clouds;
 use policy_host::environment::Environment;
 use policy_host::request::{Headers, RequestSpec};
 use policy_host::upstream::{GrpcReply, GrpcStreamReply, Response};
-use policy_host::vm::{FilterModule, Vm};
+use policy_host::vm::{FilterModule, Flow, Vm};
 
 const VM_CONFIGURATION: &str = "vm-config-text";
 /// The plugin configuration: the tick period in milliseconds.
@@ -170,6 +170,7 @@ fn envoy_config(
     grpc_ok: SocketAddr,
     grpc_down: SocketAddr,
     grpc_stream: SocketAddr,
+    silent: SocketAddr,
 ) -> Config {
     let listener_port = free_port().unwrap();
     let admin_port = free_port().unwrap();
@@ -237,13 +238,14 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:{backend}{info}{grpc_ok}{grpc_down}{grpc_stream}
+  clusters:{backend}{info}{grpc_ok}{grpc_down}{grpc_stream}{silent}
 "#,
         backend = cluster("backend", backend),
         info = cluster("info", info),
         grpc_ok = cluster("grpc-ok", grpc_ok) + HTTP2,
         grpc_down = cluster("grpc-down", grpc_down) + HTTP2,
         grpc_stream = cluster("grpc-stream", grpc_stream) + HTTP2,
+        silent = cluster("silent", silent),
     );
     Config {
         yaml: serde_yaml::from_str(&text).unwrap(),
@@ -348,6 +350,15 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
     let grpc_ok = grpc_server(&grpc_runtime, Grpc::Reply(GRPC_REPLY));
     let grpc_down = grpc_server(&grpc_runtime, Grpc::Fail(GRPC_FAILURE.0, GRPC_FAILURE.1));
     let grpc_stream = grpc_server(&grpc_runtime, Grpc::Stream);
+    // A cluster that accepts connections and never answers.
+    let silent_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = silent_listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent_listener.incoming() {
+            held.push(stream);
+        }
+    });
 
     let started = now_nanos();
     let config = envoy_config(
@@ -357,6 +368,7 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
         grpc_ok,
         grpc_down,
         grpc_stream,
+        silent,
     );
     let envoy = Envoy::start(&config).unwrap();
 
@@ -366,6 +378,7 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
         "backend",
         "info",
         "grpc-ok",
+        "silent",
         "grpc-down",
         "grpc-stream",
     ]);
@@ -492,6 +505,35 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
         differences.join("\n")
     );
 
+    // A callout nobody answers times out: in Envoy on its clock, in
+    // policy-host when the virtual clock passes the timeout.
+    let path = "/callout/silent?timeout_ms=300";
+    let reply = send(envoy.listener, "GET", path, &[]);
+    let in_envoy = Seen::new(reply.status, &reply.headers, reply.body.clone());
+    vm.begin(&spec("GET", path, &[])).unwrap();
+    assert_eq!(vm.request_headers(true).unwrap(), Flow::Paused);
+    vm.advance(Duration::from_millis(299)).unwrap();
+    assert_eq!(
+        vm.flow(),
+        Flow::Paused,
+        "not timed out before 300 ms: {:?}",
+        vm.http_calls().last()
+    );
+    vm.advance(Duration::from_millis(1)).unwrap();
+    assert_eq!(vm.flow(), Flow::Replied, "timed out at 300 ms");
+    let record = vm.finish().unwrap();
+    let headers: Vec<(String, String)> = record
+        .response_headers
+        .iter()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    let in_host = Seen::new(
+        record.response_code.unwrap(),
+        &headers,
+        String::from_utf8_lossy(&record.response_body).into_owned(),
+    );
+    assert_eq!(in_envoy, in_host, "a callout that times out");
+
     // Ticks: Envoy's timer on the real clock, policy-host's on the virtual one.
     std::thread::sleep(Duration::from_millis(TICK_MS * 4));
     let reply = send(envoy.listener, "GET", "/ticks", &[]);
@@ -522,7 +564,8 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
     assert_eq!(vm.advance(Duration::from_millis(350)).unwrap(), 3);
     let record = vm.request(&spec("GET", "/ticks", &[])).unwrap();
     let ticks: serde_json::Value = serde_json::from_slice(&record.response_body).unwrap();
-    assert_eq!(ticks["ticks"], 3, "{ticks}");
+    // Three ticks while the callout timed out, three since.
+    assert_eq!(ticks["ticks"], 6, "{ticks}");
     assert_eq!(
         n(&ticks["last_tick_nanos"]),
         u128::from(t0) + 300_000_000,

@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `/local/STATUS` | a local reply `STATUS` with header `X-Example: local` (mixed case on purpose) and a text body |
 //! | `/grpc-local/CODE` | a gRPC-shaped local reply: grpc-status `CODE`, message `refused by example-filter` |
-//! | `/callout/CLUSTER` | pauses, calls `GET /info` on `CLUSTER`, then answers 200 with the callout's status in `x-callout-status` and its body |
+//! | `/callout/CLUSTER[?timeout_ms=N]` | pauses, calls `GET /info` on `CLUSTER` (timeout N ms, default 5000), then answers 200 with the callout's status in `x-callout-status` and its body |
 //! | `/grpc-call/CLUSTER` | pauses, calls `example.Echo/Say` on `CLUSTER` with message `hello`, then answers with the gRPC status and message |
 //! | `/grpc-stream/CLUSTER` | pauses, opens a stream to `example.Echo/Chat` on `CLUSTER`, sends `one` and `two` (ending its side), then answers with what came back: the `x-meta` initial metadata, the messages, the `x-trailer` trailing metadata, the status and message |
 //! | `/ticks` | answers with the ticks counted so far, the time of the last one and the time now (nanoseconds since the epoch) |
@@ -29,7 +29,8 @@ pub const TICKS_KEY: &str = "example.ticks";
 pub enum Action {
     Local(u32),
     GrpcLocal(i32),
-    Callout(String),
+    /// The cluster, and the timeout in milliseconds.
+    Callout(String, u64),
     GrpcCall(String),
     GrpcStream(String),
     Ticks,
@@ -41,13 +42,20 @@ pub enum Action {
 impl Action {
     /// The action a request path (`:path`, query and all) asks for.
     pub fn of(path: &str) -> Action {
-        let path = path.split(['?', '#']).next().unwrap_or_default();
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let timeout_ms = query
+            .split('&')
+            .find_map(|p| p.strip_prefix("timeout_ms="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5_000);
         let mut parts = path.trim_start_matches('/').splitn(2, '/');
         let (head, rest) = (parts.next().unwrap_or_default(), parts.next());
         match (head, rest) {
             ("local", Some(status)) => status.parse().map_or(Action::PassOn, Action::Local),
             ("grpc-local", Some(code)) => code.parse().map_or(Action::PassOn, Action::GrpcLocal),
-            ("callout", Some(cluster)) if !cluster.is_empty() => Action::Callout(cluster.into()),
+            ("callout", Some(cluster)) if !cluster.is_empty() => {
+                Action::Callout(cluster.into(), timeout_ms)
+            }
             ("grpc-call", Some(cluster)) if !cluster.is_empty() => Action::GrpcCall(cluster.into()),
             ("grpc-stream", Some(cluster)) if !cluster.is_empty() => {
                 Action::GrpcStream(cluster.into())
@@ -259,7 +267,7 @@ mod filter {
                     );
                     Action::Pause
                 }
-                Todo::Callout(cluster) => {
+                Todo::Callout(cluster, timeout_ms) => {
                     let headers = vec![
                         (":method", "GET"),
                         (":path", "/info"),
@@ -270,7 +278,7 @@ mod filter {
                         headers,
                         None,
                         vec![],
-                        Duration::from_secs(5),
+                        Duration::from_millis(*timeout_ms),
                     ) {
                         Ok(_) => Action::Pause,
                         Err(status) => self.answer(

@@ -50,6 +50,7 @@ pub(super) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     headers,
                     body,
                     timeout_ms: timeout_ms as u32,
+                    dispatched_at: state.environment.clock.now_nanos(),
                     answered: false,
                 });
                 write_u32(&mut c, token_ptr, token)

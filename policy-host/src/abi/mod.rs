@@ -112,6 +112,8 @@ pub struct HttpCall {
     pub headers: HeaderMap,
     pub body: Vec<u8>,
     pub timeout_ms: u32,
+    /// When it was dispatched, on the environment's clock (nanoseconds).
+    pub dispatched_at: u64,
     /// Its answer (or failure) was delivered.
     pub answered: bool,
 }

@@ -21,6 +21,11 @@ use crate::wire::HeaderMap;
 /// repeat exactly.
 pub const DEFAULT_START: &str = "2026-01-01T00:00:00Z";
 
+/// What Envoy 1.40's router answers a request whose `cluster_header` names
+/// no cluster, or one it does not have (`cluster_not_found_response_code`'s
+/// default).
+pub const NO_CLUSTER_STATUS: u16 = 503;
+
 /// A script: the filter's configuration, the simulated Envoy's clusters and
 /// route, and the steps.
 #[derive(Debug, Clone, Deserialize)]
@@ -222,6 +227,16 @@ impl Script {
         }
         if let Some(route) = &script.route {
             match (&route.cluster, &route.cluster_header) {
+                // Envoy refuses a static route to a cluster it does not have.
+                (Some(cluster), None) if !script.clusters.contains_key(cluster) => bail!(
+                    "route.cluster: '{cluster}' is not one of the clusters ({})",
+                    script
+                        .clusters
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 (Some(_), None) | (None, Some(_)) => {}
                 _ => bail!("route: give either cluster or cluster_header"),
             }
@@ -464,18 +479,13 @@ fn request(
                 vm.upstream_response(Some(cluster), &response)
                     .map_err(fault)?;
             }
-            // Envoy's router answers a route to no cluster, or to one it
-            // does not have, with 404 (cluster_header) or 503 (a fixed one).
+            // A request header naming no cluster, or one Envoy does not
+            // have: its router's answer.
             _ => {
-                let status = if upstreams.fixed_route().is_some() {
-                    503
-                } else {
-                    404
-                };
                 vm.upstream_response(
                     None,
                     &Response {
-                        status,
+                        status: NO_CLUSTER_STATUS,
                         ..Response::default()
                     },
                 )

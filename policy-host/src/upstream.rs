@@ -208,11 +208,6 @@ impl Upstreams {
         self.with(|s| s.fixed_route = Some(cluster.to_string()));
     }
 
-    /// The cluster every request is routed to, if the route names one.
-    pub fn fixed_route(&self) -> Option<String> {
-        self.with(|s| s.fixed_route.clone())
-    }
-
     /// The cluster a request with these headers is routed to.
     pub fn cluster_of(&self, request_headers: &HeaderMap) -> Option<String> {
         if let Some(cluster) = self.with(|s| s.fixed_route.clone()) {

@@ -800,6 +800,10 @@ fn run_names_what_is_wrong_in_a_script() {
             "route: give either cluster or cluster_header",
         ),
         (
+            "route: {cluster: a}\nclusters: {b: {}}\nsteps: []\n",
+            "route.cluster: 'a' is not one of the clusters (b)",
+        ),
+        (
             "configuration: \"abc\"\nsteps: []\n",
             "configuration 'abc' is not a tick period in milliseconds",
         ),

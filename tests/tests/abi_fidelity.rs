@@ -17,6 +17,7 @@ use celroute_tests::http::{Connection, Reply};
 use celroute_tests::start_clouds;
 use policy_host::environment::Environment;
 use policy_host::request::{Headers, RequestSpec};
+use policy_host::run::Script;
 use policy_host::upstream::{GrpcReply, GrpcStreamReply, Response};
 use policy_host::vm::{FilterModule, Flow, Vm};
 
@@ -216,6 +217,8 @@ static_resources:
             - name: all
               domains: ["*"]
               routes:
+              - match: {{prefix: "/routed"}}
+                route: {{cluster_header: x-route-to}}
               - match: {{prefix: "/"}}
                 route: {{cluster: backend}}
           http_filters:
@@ -533,6 +536,27 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
         String::from_utf8_lossy(&record.response_body).into_owned(),
     );
     assert_eq!(in_envoy, in_host, "a callout that times out");
+
+    // A route by request header to a cluster Envoy lacks, or to none:
+    // Envoy's router answers as `policy-host run` does.
+    let script = Script::parse(
+        "route: {cluster_header: x-route-to}\nclusters: {backend: {}}\nsteps:\n  - request: {path: /routed, headers: {x-route-to: nowhere}}\n  - request: {path: /routed}\n  - request: {path: /routed, headers: {x-route-to: backend}}\n",
+    )
+    .unwrap();
+    let outcome = script.run(&module, Some(Vec::new()), None).unwrap();
+    let routed: [&[(&str, &str)]; 3] = [
+        &[("x-route-to", "nowhere")],
+        &[],
+        &[("x-route-to", "backend")],
+    ];
+    for (i, headers) in routed.iter().enumerate() {
+        let reply = send(envoy.listener, "GET", "/routed", headers);
+        let report = &outcome.steps[i]["response"];
+        assert_eq!(report["status"], reply.status, "{headers:?}: {report}");
+        if reply.status != 200 {
+            assert_eq!(report["body"], reply.body.as_str(), "{headers:?}");
+        }
+    }
 
     // Ticks: Envoy's timer on the real clock, policy-host's on the virtual one.
     std::thread::sleep(Duration::from_millis(TICK_MS * 4));

@@ -277,6 +277,16 @@ impl FilterModule {
     }
 }
 
+/// How Envoy 1.40's gRPC client ends a unary call that times out: the
+/// status and the message the filter reads (Unavailable, from its router's
+/// 504 local reply, not DeadlineExceeded).
+pub const GRPC_TIMEOUT: (u32, &str) = (14, "upstream request timeout{response_timeout}");
+
+/// When a call dispatched at `at` (clock nanoseconds) with this timeout expires.
+fn deadline(at: u64, timeout_ms: u32) -> u64 {
+    at.saturating_add(u64::from(timeout_ms) * 1_000_000)
+}
+
 /// A running filter VM with its root context configured.
 pub struct Vm {
     store: Store<HostState>,
@@ -578,6 +588,17 @@ impl Vm {
     /// unary gRPC client does. `Ok(false)` when no call with that token
     /// waits for an answer (never made, answered, or cancelled).
     pub fn answer_grpc_call(&mut self, token: u32, reply: &GrpcReply) -> Result<bool, GuestFault> {
+        let message = envoy_grpc_message(&reply.error_message);
+        self.close_grpc_call(token, reply, message)
+    }
+
+    /// Delivers a gRPC call's end: its message, or its close with `status_message`.
+    fn close_grpc_call(
+        &mut self,
+        token: u32,
+        reply: &GrpcReply,
+        status_message: String,
+    ) -> Result<bool, GuestFault> {
         let state = self.store.data_mut();
         let Some(call) = state
             .grpc_calls
@@ -601,8 +622,7 @@ impl Vm {
                 CALLBACK_FUEL,
             )
         } else {
-            let message = envoy_grpc_message(&reply.error_message);
-            state.grpc_status = (reply.status, message.into_bytes());
+            state.grpc_status = (reply.status, status_message.into_bytes());
             self.call(
                 "proxy_on_grpc_close",
                 &[context as i32, token as i32, reply.status as i32],
@@ -957,22 +977,48 @@ impl Vm {
         }
     }
 
+    /// Closes each pending gRPC call whose timeout has passed as Envoy's
+    /// gRPC client does (see [`GRPC_TIMEOUT`]).
+    fn expire_grpc_calls(&mut self, now: u64) -> Result<(), GuestFault> {
+        loop {
+            let expired = self.store.data().grpc_calls.iter().find(|c| {
+                c.state == CallState::Pending
+                    && c.timeout_ms > 0
+                    && deadline(c.dispatched_at, c.timeout_ms) <= now
+            });
+            let Some(token) = expired.map(|c| c.token) else {
+                return Ok(());
+            };
+            let (status, message) = GRPC_TIMEOUT;
+            let reply = GrpcReply {
+                status,
+                ..GrpcReply::default()
+            };
+            self.close_grpc_call(token, &reply, message.to_string())?;
+        }
+    }
+
     /// Lets a virtual clock run while the request in flight is paused on
-    /// an unanswered HTTP callout, up to the callout's timeout (ticking on
-    /// the way), as Envoy would wait. Returns how long it waited.
+    /// an unanswered HTTP callout or gRPC call, up to its timeout (ticking
+    /// on the way), as Envoy would wait. Returns how long it waited.
     pub fn wait_for_callouts(&mut self) -> anyhow::Result<std::time::Duration> {
         let mut waited = 0;
         while self.flow() == Flow::Paused {
             let stream = self.stream;
-            let deadline = self
-                .store
-                .data()
+            let state = self.store.data();
+            let http = state
                 .http_calls
                 .iter()
                 .filter(|c| c.context == stream && !c.answered && c.timeout_ms > 0)
-                .map(|c| c.dispatched_at + u64::from(c.timeout_ms) * 1_000_000)
-                .min();
-            let Some(deadline) = deadline else {
+                .map(|c| deadline(c.dispatched_at, c.timeout_ms));
+            let grpc = state
+                .grpc_calls
+                .iter()
+                .filter(|c| {
+                    c.context == stream && c.state == CallState::Pending && c.timeout_ms > 0
+                })
+                .map(|c| deadline(c.dispatched_at, c.timeout_ms));
+            let Some(deadline) = http.chain(grpc).min() else {
                 break;
             };
             let now = self.store.data().environment.clock.now_nanos();
@@ -983,15 +1029,21 @@ impl Vm {
         Ok(std::time::Duration::from_nanos(waited))
     }
 
-    /// When the first unanswered HTTP callout times out (clock nanoseconds).
+    /// When the first unanswered HTTP callout or gRPC call times out
+    /// (clock nanoseconds).
     fn next_timeout(&self) -> Option<u64> {
-        self.store
-            .data()
+        let state = self.store.data();
+        let http = state
             .http_calls
             .iter()
             .filter(|c| !c.answered && c.timeout_ms > 0)
-            .map(|c| c.dispatched_at + u64::from(c.timeout_ms) * 1_000_000)
-            .min()
+            .map(|c| deadline(c.dispatched_at, c.timeout_ms));
+        let grpc = state
+            .grpc_calls
+            .iter()
+            .filter(|c| c.state == CallState::Pending && c.timeout_ms > 0)
+            .map(|c| deadline(c.dispatched_at, c.timeout_ms));
+        http.chain(grpc).min()
     }
 
     /// Answers each unanswered HTTP callout whose timeout has passed as
@@ -1001,12 +1053,10 @@ impl Vm {
         let now = self.store.data().environment.clock.now_nanos();
         loop {
             let expired = self.store.data().http_calls.iter().find(|c| {
-                !c.answered
-                    && c.timeout_ms > 0
-                    && c.dispatched_at + u64::from(c.timeout_ms) * 1_000_000 <= now
+                !c.answered && c.timeout_ms > 0 && deadline(c.dispatched_at, c.timeout_ms) <= now
             });
             let Some(token) = expired.map(|c| c.token) else {
-                return Ok(());
+                return self.expire_grpc_calls(now);
             };
             let body = "upstream request timeout";
             let timeout = Response {

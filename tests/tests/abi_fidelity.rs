@@ -241,7 +241,7 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:{backend}{info}{grpc_ok}{grpc_down}{grpc_stream}{silent}
+  clusters:{backend}{info}{grpc_ok}{grpc_down}{grpc_stream}{silent}{grpc_silent}
 "#,
         backend = cluster("backend", backend),
         info = cluster("info", info),
@@ -249,6 +249,7 @@ static_resources:
         grpc_down = cluster("grpc-down", grpc_down) + HTTP2,
         grpc_stream = cluster("grpc-stream", grpc_stream) + HTTP2,
         silent = cluster("silent", silent),
+        grpc_silent = cluster("grpc-silent", silent) + HTTP2,
     );
     Config {
         yaml: serde_yaml::from_str(&text).unwrap(),
@@ -382,6 +383,7 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
         "info",
         "grpc-ok",
         "silent",
+        "grpc-silent",
         "grpc-down",
         "grpc-stream",
     ]);
@@ -469,6 +471,8 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
         ("GET", "/anything", &[]),
         // Metric operations and what they leave.
         ("GET", "/metric-ops", &[]),
+        // A property set, read back, and one never set.
+        ("GET", "/property", &[]),
     ];
     let mut differences = Vec::new();
     for (method, path, headers) in &cases {
@@ -537,6 +541,29 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
     );
     assert_eq!(in_envoy, in_host, "a callout that times out");
 
+    // So does a gRPC call.
+    let path = "/grpc-call/grpc-silent?timeout_ms=300";
+    let reply = send(envoy.listener, "GET", path, &[]);
+    let in_envoy = Seen::new(reply.status, &reply.headers, reply.body.clone());
+    vm.begin(&spec("GET", path, &[])).unwrap();
+    assert_eq!(vm.request_headers(true).unwrap(), Flow::Paused);
+    vm.advance(Duration::from_millis(299)).unwrap();
+    assert_eq!(vm.flow(), Flow::Paused, "not timed out before 300 ms");
+    vm.advance(Duration::from_millis(1)).unwrap();
+    assert_eq!(vm.flow(), Flow::Replied, "timed out at 300 ms");
+    let record = vm.finish().unwrap();
+    let headers: Vec<(String, String)> = record
+        .response_headers
+        .iter()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    let in_host = Seen::new(
+        record.response_code.unwrap(),
+        &headers,
+        String::from_utf8_lossy(&record.response_body).into_owned(),
+    );
+    assert_eq!(in_envoy, in_host, "a gRPC call that times out");
+
     // A route by request header to a cluster Envoy lacks, or to none:
     // Envoy's router answers as `policy-host run` does.
     let script = Script::parse(
@@ -588,8 +615,8 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
     assert_eq!(vm.advance(Duration::from_millis(350)).unwrap(), 3);
     let record = vm.request(&spec("GET", "/ticks", &[])).unwrap();
     let ticks: serde_json::Value = serde_json::from_slice(&record.response_body).unwrap();
-    // Three ticks while the callout timed out, three since.
-    assert_eq!(ticks["ticks"], 6, "{ticks}");
+    // Three ticks while each call timed out, three since.
+    assert_eq!(ticks["ticks"], 9, "{ticks}");
     assert_eq!(
         n(&ticks["last_tick_nanos"]),
         u128::from(t0) + 300_000_000,

@@ -7,7 +7,8 @@
 //! | `/local/STATUS` | a local reply `STATUS` with header `X-Example: local` (mixed case on purpose) and a text body |
 //! | `/grpc-local/CODE` | a gRPC-shaped local reply: grpc-status `CODE`, message `refused by example-filter` |
 //! | `/callout/CLUSTER[?timeout_ms=N]` | pauses, calls `GET /info` on `CLUSTER` (timeout N ms, default 5000), then answers 200 with the callout's status in `x-callout-status` and its body |
-//! | `/grpc-call/CLUSTER` | pauses, calls `example.Echo/Say` on `CLUSTER` with message `hello`, then answers with the gRPC status and message |
+//! | `/grpc-call/CLUSTER[?timeout_ms=N]` | pauses, calls `example.Echo/Say` on `CLUSTER` with message `hello` (timeout N ms, default 5000), then answers with the gRPC status and message |
+//! | `/property` | sets the property `example.note` to `noted`, then answers with what reading it back and reading an unset one give |
 //! | `/grpc-stream/CLUSTER` | pauses, opens a stream to `example.Echo/Chat` on `CLUSTER`, sends `one` and `two` (ending its side), then answers with what came back: the `x-meta` initial metadata, the messages, the `x-trailer` trailing metadata, the status and message |
 //! | `/ticks` | answers with the ticks counted so far, the time of the last one and the time now (nanoseconds since the epoch) |
 //! | `/upper` | upper-cases the request body, then passes the request on |
@@ -31,8 +32,10 @@ pub enum Action {
     GrpcLocal(i32),
     /// The cluster, and the timeout in milliseconds.
     Callout(String, u64),
-    GrpcCall(String),
+    /// The cluster, and the timeout in milliseconds.
+    GrpcCall(String, u64),
     GrpcStream(String),
+    Property,
     Ticks,
     Upper,
     MetricOps,
@@ -56,7 +59,10 @@ impl Action {
             ("callout", Some(cluster)) if !cluster.is_empty() => {
                 Action::Callout(cluster.into(), timeout_ms)
             }
-            ("grpc-call", Some(cluster)) if !cluster.is_empty() => Action::GrpcCall(cluster.into()),
+            ("grpc-call", Some(cluster)) if !cluster.is_empty() => {
+                Action::GrpcCall(cluster.into(), timeout_ms)
+            }
+            ("property", None) => Action::Property,
             ("grpc-stream", Some(cluster)) if !cluster.is_empty() => {
                 Action::GrpcStream(cluster.into())
             }
@@ -288,14 +294,27 @@ mod filter {
                         ),
                     }
                 }
-                Todo::GrpcCall(cluster) => {
+                Todo::Property => {
+                    self.set_property(vec!["example.note"], Some(b"noted"));
+                    let read = |path: Vec<&str>| {
+                        self.get_property(path)
+                            .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    };
+                    let body = format!(
+                        "set {:?}; unset {:?}\n",
+                        read(vec!["example.note"]),
+                        read(vec!["example.other"])
+                    );
+                    self.answer(200, vec![], &body)
+                }
+                Todo::GrpcCall(cluster, timeout_ms) => {
                     match self.dispatch_grpc_call(
                         cluster,
                         "example.Echo",
                         "Say",
                         vec![],
                         Some(b"hello"),
-                        Duration::from_secs(5),
+                        Duration::from_millis(*timeout_ms),
                     ) {
                         Ok(_) => Action::Pause,
                         Err(status) => self.answer(

@@ -98,6 +98,7 @@ pub(super) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     metadata,
                     message,
                     timeout_ms: timeout_ms as u32,
+                    dispatched_at: state.environment.clock.now_nanos(),
                     state: CallState::Pending,
                 });
                 write_u32(&mut c, token_ptr, token)

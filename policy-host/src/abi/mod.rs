@@ -154,6 +154,8 @@ pub struct GrpcCall {
     pub metadata: HeaderMap,
     pub message: Vec<u8>,
     pub timeout_ms: u32,
+    /// When it was dispatched, on the environment's clock (nanoseconds).
+    pub dispatched_at: u64,
     pub state: CallState,
 }
 

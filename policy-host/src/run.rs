@@ -447,7 +447,7 @@ fn request(
         };
         let chunks = chunks.chunks();
         for (i, chunk) in chunks.iter().enumerate() {
-            if vm.flow() == Flow::Replied {
+            if matches!(vm.flow(), Flow::Replied | Flow::Reset) {
                 break;
             }
             let end = i + 1 == chunks.len() && step.trailers.is_none();
@@ -456,7 +456,7 @@ fn request(
         }
     }
     if let Some(trailers) = &step.trailers {
-        if vm.flow() != Flow::Replied {
+        if matches!(vm.flow(), Flow::Continue | Flow::Paused) {
             vm.request_trailers(pairs(trailers)).map_err(fault)?;
             vm.deliver_callouts().map_err(fault)?;
         }
@@ -532,7 +532,9 @@ fn describe_request(report: &mut Map<String, Value>, spec: &RequestSpec, record:
             spec.path.as_deref().unwrap_or("/")
         )),
     );
-    let outcome = if record.local_response.is_some() {
+    let outcome = if record.reset {
+        "reset"
+    } else if record.local_response.is_some() {
         "local_reply"
     } else if record.paused {
         "paused"

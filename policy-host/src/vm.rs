@@ -313,6 +313,9 @@ pub enum Flow {
     Paused,
     /// The filter answered it with a local reply.
     Replied,
+    /// The filter reset the stream (`proxy_close_stream`): the client gets
+    /// no response, its connection is closed.
+    Reset,
 }
 
 /// What shutting a VM down did.
@@ -347,6 +350,8 @@ pub struct RequestRecord {
     pub grpc_streams: Vec<GrpcStream>,
     /// The request phase ended paused without a reply (Envoy would wait).
     pub paused: bool,
+    /// The filter reset the stream: no response reached the client.
+    pub reset: bool,
     /// The cluster the request was routed to, when it left the proxy.
     pub upstream_cluster: Option<String>,
     pub route_cache_clears: u32,
@@ -414,7 +419,7 @@ impl Vm {
         let body = self.begin(spec)?;
         self.request_headers(body.is_empty())?;
         self.deliver_callouts()?;
-        if !body.is_empty() && self.flow() != Flow::Replied {
+        if !body.is_empty() && matches!(self.flow(), Flow::Continue | Flow::Paused) {
             // Envoy goes on delivering the body to a filter that stopped
             // its headers (and buffers it); the filter may continue from there.
             self.request_body(&body, true)?;
@@ -464,7 +469,9 @@ impl Vm {
     /// Where the request in flight stands.
     pub fn flow(&self) -> Flow {
         let exchange = &self.store.data().exchange;
-        if exchange.local_response.is_some() {
+        if exchange.closed {
+            Flow::Reset
+        } else if exchange.local_response.is_some() {
             Flow::Replied
         } else if exchange.request_paused {
             Flow::Paused
@@ -848,6 +855,7 @@ impl Vm {
             self.respond_locally()?;
         }
         let paused = self.flow() == Flow::Paused;
+        let reset = self.flow() == Flow::Reset;
         self.call("proxy_on_log", &[ctx], CALLBACK_FUEL)?;
         self.call("proxy_on_done", &[ctx], CALLBACK_FUEL)?;
         self.call("proxy_on_delete", &[ctx], CALLBACK_FUEL)?;
@@ -867,6 +875,7 @@ impl Vm {
             response_body,
             response_trailers: exchange.response_trailers,
             paused,
+            reset,
             upstream_cluster: exchange.upstream_cluster,
             route_cache_clears: std::mem::take(&mut state.route_cache_clears),
             reports: std::mem::take(&mut state.reports),

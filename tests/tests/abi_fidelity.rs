@@ -564,6 +564,19 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
     );
     assert_eq!(in_envoy, in_host, "a gRPC call that times out");
 
+    // A filter that resets the stream: the client gets no response.
+    let in_envoy = Connection::open(envoy.listener)
+        .unwrap()
+        .send("GET", "/reset", &[], b"");
+    assert!(
+        in_envoy.is_err(),
+        "Envoy answered a reset stream: {in_envoy:?}"
+    );
+    let record = vm.request(&spec("GET", "/reset", &[])).unwrap();
+    assert!(record.reset);
+    assert_eq!(record.response_code, None);
+    assert_eq!(record.upstream_cluster, None);
+
     // A route by request header to a cluster Envoy lacks, or to none:
     // Envoy's router answers as `policy-host run` does.
     let script = Script::parse(

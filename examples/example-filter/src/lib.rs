@@ -8,6 +8,7 @@
 //! | `/grpc-local/CODE` | a gRPC-shaped local reply: grpc-status `CODE`, message `refused by example-filter` |
 //! | `/callout/CLUSTER[?timeout_ms=N]` | pauses, calls `GET /info` on `CLUSTER` (timeout N ms, default 5000), then answers 200 with the callout's status in `x-callout-status` and its body |
 //! | `/grpc-call/CLUSTER[?timeout_ms=N]` | pauses, calls `example.Echo/Say` on `CLUSTER` with message `hello` (timeout N ms, default 5000), then answers with the gRPC status and message |
+//! | `/reset` | resets the stream: the client gets no response |
 //! | `/property` | sets the property `example.note` to `noted`, then answers with what reading it back and reading an unset one give |
 //! | `/grpc-stream/CLUSTER` | pauses, opens a stream to `example.Echo/Chat` on `CLUSTER`, sends `one` and `two` (ending its side), then answers with what came back: the `x-meta` initial metadata, the messages, the `x-trailer` trailing metadata, the status and message |
 //! | `/ticks` | answers with the ticks counted so far, the time of the last one and the time now (nanoseconds since the epoch) |
@@ -36,6 +37,7 @@ pub enum Action {
     GrpcCall(String, u64),
     GrpcStream(String),
     Property,
+    Reset,
     Ticks,
     Upper,
     MetricOps,
@@ -63,6 +65,7 @@ impl Action {
                 Action::GrpcCall(cluster.into(), timeout_ms)
             }
             ("property", None) => Action::Property,
+            ("reset", None) => Action::Reset,
             ("grpc-stream", Some(cluster)) if !cluster.is_empty() => {
                 Action::GrpcStream(cluster.into())
             }
@@ -293,6 +296,10 @@ mod filter {
                             &format!("callout to {cluster} refused: {status:?}\n"),
                         ),
                     }
+                }
+                Todo::Reset => {
+                    self.reset_http_request();
+                    Action::Pause
                 }
                 Todo::Property => {
                     self.set_property(vec!["example.note"], Some(b"noted"));

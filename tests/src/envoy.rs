@@ -66,6 +66,7 @@ pub fn free_port() -> Result<u16> {
 }
 
 /// An Envoy configuration derived from a shipped one.
+#[derive(Clone)]
 pub struct Config {
     pub yaml: Value,
     pub listener_port: u16,
@@ -345,7 +346,28 @@ pub struct Envoy {
 
 impl Envoy {
     /// Starts Envoy with `config` and waits until it is ready to serve.
+    ///
+    /// Free ports are picked by binding and releasing them, so another test
+    /// can take one before Envoy binds it: when Envoy fails on a port in
+    /// use, it is started again on other free ports (twice at most).
     pub fn start(config: &Config) -> Result<Envoy> {
+        let mut config = config.clone();
+        let mut retries = 2;
+        loop {
+            match Envoy::start_once(&config) {
+                Err(e) if retries > 0 && format!("{e:#}").contains("Address already in use") => {
+                    retries -= 1;
+                    config.listener_port = free_port()?;
+                    config.admin_port = free_port()?;
+                    *at(&mut config.yaml, ADMIN_PORT)? = Value::from(config.admin_port);
+                    *at(&mut config.yaml, LISTENER_PORT)? = Value::from(config.listener_port);
+                }
+                started => return started,
+            }
+        }
+    }
+
+    fn start_once(config: &Config) -> Result<Envoy> {
         let dir = tempfile::tempdir()?;
         let path = config.write(dir.path())?;
         let log = dir.path().join("envoy.log");

@@ -144,6 +144,13 @@ impl Config {
         Ok(config)
     }
 
+    /// Moves the (first) listener to `port`.
+    pub fn on_listener_port(mut self, port: u16) -> Result<Config> {
+        self.listener_port = port;
+        *at(&mut self.yaml, LISTENER_PORT)? = Value::from(port);
+        Ok(self)
+    }
+
     /// Replaces the policy the celroute filter is configured with.
     pub fn with_policy(mut self, policy: &str) -> Result<Config> {
         *at(
@@ -357,10 +364,9 @@ impl Envoy {
             match Envoy::start_once(&config) {
                 Err(e) if retries > 0 && format!("{e:#}").contains("Address already in use") => {
                     retries -= 1;
-                    config.listener_port = free_port()?;
+                    config = config.on_listener_port(free_port()?)?;
                     config.admin_port = free_port()?;
                     *at(&mut config.yaml, ADMIN_PORT)? = Value::from(config.admin_port);
-                    *at(&mut config.yaml, LISTENER_PORT)? = Value::from(config.listener_port);
                 }
                 started => return started,
             }

@@ -374,3 +374,16 @@ fn active_passive_policy_fails_over_by_fixed_preference() {
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["error"]["rule"], "only-available");
 }
+
+#[test]
+fn an_envoy_whose_port_was_taken_starts_on_another() {
+    // Hold the listener port the config names, as another test might.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = Config::shipped("envoy.yaml", &BTreeMap::new()).unwrap();
+    let taken = held.local_addr().unwrap().port();
+    config = config.on_listener_port(taken).unwrap();
+    let envoy = envoy::Envoy::start(&config).expect("started on other ports");
+    assert_ne!(envoy.listener.port(), taken);
+    let reply = request(envoy.admin, "GET", "/ready", &[]).unwrap();
+    assert_eq!(reply.status, 200);
+}

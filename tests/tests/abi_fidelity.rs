@@ -19,7 +19,7 @@ use policy_host::environment::Environment;
 use policy_host::request::{Headers, RequestSpec};
 use policy_host::run::Script;
 use policy_host::upstream::{GrpcReply, GrpcStreamReply, Response};
-use policy_host::vm::{FilterModule, Flow, Vm};
+use policy_host::vm::{FilterModule, Flow, RequestRecord, Vm};
 
 const VM_CONFIGURATION: &str = "vm-config-text";
 /// The plugin configuration: the tick period in milliseconds.
@@ -287,6 +287,12 @@ fn through_host(vm: &mut Vm, method: &str, path: &str, headers: &[(&str, &str)])
         !record.paused,
         "{method} {path} stayed paused in policy-host"
     );
+    seen_in_host(&record, &format!("{method} {path}"))
+}
+
+/// What the client of policy-host's request sees, checking that the
+/// headers are as Envoy holds them.
+fn seen_in_host(record: &RequestRecord, what: &str) -> Seen {
     let headers: Vec<(String, String)> = record
         .response_headers
         .iter()
@@ -295,15 +301,11 @@ fn through_host(vm: &mut Vm, method: &str, path: &str, headers: &[(&str, &str)])
     // As Envoy holds them: lower-case names, and a header the filter
     // replaced is there once.
     for (name, _) in &headers {
-        assert_eq!(
-            *name,
-            name.to_ascii_lowercase(),
-            "{method} {path}: {headers:?}"
-        );
+        assert_eq!(*name, name.to_ascii_lowercase(), "{what}: {headers:?}");
         assert_eq!(
             headers.iter().filter(|(k, _)| k == name).count(),
             1,
-            "{method} {path}: {name} repeated in {headers:?}"
+            "{what}: {name} repeated in {headers:?}"
         );
     }
     Seen::new(
@@ -512,57 +514,27 @@ fn the_example_filter_behaves_alike_in_envoy_and_policy_host() {
         differences.join("\n")
     );
 
-    // A callout nobody answers times out: in Envoy on its clock, in
-    // policy-host when the virtual clock passes the timeout.
-    let path = "/callout/silent?timeout_ms=300";
-    let reply = send(envoy.listener, "GET", path, &[]);
-    let in_envoy = Seen::new(reply.status, &reply.headers, reply.body.clone());
-    vm.begin(&spec("GET", path, &[])).unwrap();
-    assert_eq!(vm.request_headers(true).unwrap(), Flow::Paused);
-    vm.advance(Duration::from_millis(299)).unwrap();
-    assert_eq!(
-        vm.flow(),
-        Flow::Paused,
-        "not timed out before 300 ms: {:?}",
-        vm.http_calls().last()
-    );
-    vm.advance(Duration::from_millis(1)).unwrap();
-    assert_eq!(vm.flow(), Flow::Replied, "timed out at 300 ms");
-    let record = vm.finish().unwrap();
-    let headers: Vec<(String, String)> = record
-        .response_headers
-        .iter()
-        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-        .collect();
-    let in_host = Seen::new(
-        record.response_code.unwrap(),
-        &headers,
-        String::from_utf8_lossy(&record.response_body).into_owned(),
-    );
-    assert_eq!(in_envoy, in_host, "a callout that times out");
-
-    // So does a gRPC call.
-    let path = "/grpc-call/grpc-silent?timeout_ms=300";
-    let reply = send(envoy.listener, "GET", path, &[]);
-    let in_envoy = Seen::new(reply.status, &reply.headers, reply.body.clone());
-    vm.begin(&spec("GET", path, &[])).unwrap();
-    assert_eq!(vm.request_headers(true).unwrap(), Flow::Paused);
-    vm.advance(Duration::from_millis(299)).unwrap();
-    assert_eq!(vm.flow(), Flow::Paused, "not timed out before 300 ms");
-    vm.advance(Duration::from_millis(1)).unwrap();
-    assert_eq!(vm.flow(), Flow::Replied, "timed out at 300 ms");
-    let record = vm.finish().unwrap();
-    let headers: Vec<(String, String)> = record
-        .response_headers
-        .iter()
-        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-        .collect();
-    let in_host = Seen::new(
-        record.response_code.unwrap(),
-        &headers,
-        String::from_utf8_lossy(&record.response_body).into_owned(),
-    );
-    assert_eq!(in_envoy, in_host, "a gRPC call that times out");
+    // A callout or gRPC call nobody answers times out: in Envoy on its
+    // clock, in policy-host when the virtual clock passes the timeout.
+    for path in [
+        "/callout/silent?timeout_ms=300",
+        "/grpc-call/grpc-silent?timeout_ms=300",
+    ] {
+        let reply = send(envoy.listener, "GET", path, &[]);
+        let in_envoy = Seen::new(reply.status, &reply.headers, reply.body.clone());
+        vm.begin(&spec("GET", path, &[])).unwrap();
+        assert_eq!(vm.request_headers(true).unwrap(), Flow::Paused);
+        vm.advance(Duration::from_millis(299)).unwrap();
+        assert_eq!(
+            vm.flow(),
+            Flow::Paused,
+            "{path}: not timed out before 300 ms"
+        );
+        vm.advance(Duration::from_millis(1)).unwrap();
+        assert_eq!(vm.flow(), Flow::Replied, "{path}: timed out at 300 ms");
+        let in_host = seen_in_host(&vm.finish().unwrap(), path);
+        assert_eq!(in_envoy, in_host, "{path}");
+    }
 
     // A filter that resets the stream: the client gets no response.
     let in_envoy = Connection::open(envoy.listener)

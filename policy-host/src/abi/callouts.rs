@@ -40,12 +40,10 @@ pub(super) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     }
                 }
                 let state = c.data_mut();
-                let token = state.next_token;
-                state.next_token += 1;
-                let context = state.current_context;
+                let token = state.take_token();
                 state.http_calls.push(HttpCall {
                     token,
-                    context,
+                    context: state.current_context,
                     upstream,
                     headers,
                     body,
@@ -74,28 +72,29 @@ pub(super) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
          timeout_ms: i32,
          token_ptr: i32| {
             finish((|| {
-                // Envoy reads the service as a cluster name when it is not a
-                // serialized GrpcService; an unknown cluster is ParseFailure.
-                let cluster = read_string(&mut c, service_ptr, service_len)?;
-                let service = read_string(&mut c, name_ptr, name_len)?;
-                let method = read_string(&mut c, method_ptr, method_len)?;
-                let metadata = deserialize_map(&read(&mut c, metadata_ptr, metadata_len)?)
-                    .ok_or(Status::SerializationFailure)?;
+                let target = grpc_target(
+                    &mut c,
+                    [
+                        service_ptr,
+                        service_len,
+                        name_ptr,
+                        name_len,
+                        method_ptr,
+                        method_len,
+                        metadata_ptr,
+                        metadata_len,
+                    ],
+                )?;
                 let message = read(&mut c, message_ptr, message_len)?;
-                if !c.data().environment.upstreams.knows(&cluster) {
-                    return Err(Status::ParseFailure.into());
-                }
                 let state = c.data_mut();
-                let token = state.next_token;
-                state.next_token += 1;
-                let context = state.current_context;
+                let token = state.take_token();
                 state.grpc_calls.push(GrpcCall {
                     token,
-                    context,
-                    cluster,
-                    service,
-                    method,
-                    metadata,
+                    context: state.current_context,
+                    cluster: target.cluster,
+                    service: target.service,
+                    method: target.method,
+                    metadata: target.metadata,
                     message,
                     timeout_ms: timeout_ms as u32,
                     dispatched_at: state.environment.clock.now_nanos(),
@@ -119,25 +118,28 @@ pub(super) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
          metadata_len: i32,
          token_ptr: i32| {
             finish((|| {
-                let cluster = read_string(&mut c, service_ptr, service_len)?;
-                let service = read_string(&mut c, name_ptr, name_len)?;
-                let method = read_string(&mut c, method_ptr, method_len)?;
-                let metadata = deserialize_map(&read(&mut c, metadata_ptr, metadata_len)?)
-                    .ok_or(Status::SerializationFailure)?;
-                if !c.data().environment.upstreams.knows(&cluster) {
-                    return Err(Status::ParseFailure.into());
-                }
+                let target = grpc_target(
+                    &mut c,
+                    [
+                        service_ptr,
+                        service_len,
+                        name_ptr,
+                        name_len,
+                        method_ptr,
+                        method_len,
+                        metadata_ptr,
+                        metadata_len,
+                    ],
+                )?;
                 let state = c.data_mut();
-                let token = state.next_token;
-                state.next_token += 1;
-                let context = state.current_context;
+                let token = state.take_token();
                 state.grpc_streams.push(GrpcStream {
                     token,
-                    context,
-                    cluster,
-                    service,
-                    method,
-                    metadata,
+                    context: state.current_context,
+                    cluster: target.cluster,
+                    service: target.service,
+                    method: target.method,
+                    metadata: target.metadata,
                     sent: Vec::new(),
                     local_closed: false,
                     state: CallState::Pending,
@@ -207,4 +209,35 @@ pub(super) fn add_to_linker(l: &mut Linker<HostState>) -> wasmtime::Result<()> {
         },
     )?;
     Ok(())
+}
+
+/// Where a gRPC call or stream goes, as the guest names it.
+struct GrpcTarget {
+    cluster: String,
+    service: String,
+    method: String,
+    metadata: HeaderMap,
+}
+
+/// Reads a gRPC call's or stream's target: (pointer, length) of the
+/// service, service name, method and initial metadata. Envoy reads the
+/// service as a cluster name when it is not a serialized GrpcService; a
+/// cluster it does not have is ParseFailure.
+fn grpc_target(c: &mut Ctx<'_>, args: [i32; 8]) -> HostResult<GrpcTarget> {
+    let [service_ptr, service_len, name_ptr, name_len, method_ptr, method_len, metadata_ptr, metadata_len] =
+        args;
+    let cluster = read_string(c, service_ptr, service_len)?;
+    let service = read_string(c, name_ptr, name_len)?;
+    let method = read_string(c, method_ptr, method_len)?;
+    let metadata = deserialize_map(&read(c, metadata_ptr, metadata_len)?)
+        .ok_or(Status::SerializationFailure)?;
+    if !c.data().environment.upstreams.knows(&cluster) {
+        return Err(Status::ParseFailure.into());
+    }
+    Ok(GrpcTarget {
+        cluster,
+        service,
+        method,
+        metadata,
+    })
 }

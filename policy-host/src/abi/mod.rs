@@ -264,6 +264,13 @@ impl HostState {
         })
     }
 
+    /// A new token for a callout, gRPC call or stream.
+    pub(super) fn take_token(&mut self) -> u32 {
+        let token = self.next_token;
+        self.next_token += 1;
+        token
+    }
+
     pub(super) fn next_random(&mut self) -> u64 {
         // xorshift64*: test randomness, not cryptography.
         let mut x = self.random_state;

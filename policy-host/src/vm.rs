@@ -282,6 +282,16 @@ impl FilterModule {
 /// 504 local reply, not DeadlineExceeded).
 pub const GRPC_TIMEOUT: (u32, &str) = (14, "upstream request timeout{response_timeout}");
 
+/// A call waiting for its answer, and when it times out.
+struct Timeout {
+    context: u32,
+    token: u32,
+    /// A gRPC call (else an HTTP callout).
+    grpc: bool,
+    /// Clock nanoseconds.
+    at: u64,
+}
+
 /// When a call dispatched at `at` (clock nanoseconds) with this timeout expires.
 fn deadline(at: u64, timeout_ms: u32) -> u64 {
     at.saturating_add(u64::from(timeout_ms) * 1_000_000)
@@ -986,27 +996,6 @@ impl Vm {
         }
     }
 
-    /// Closes each pending gRPC call whose timeout has passed as Envoy's
-    /// gRPC client does (see [`GRPC_TIMEOUT`]).
-    fn expire_grpc_calls(&mut self, now: u64) -> Result<(), GuestFault> {
-        loop {
-            let expired = self.store.data().grpc_calls.iter().find(|c| {
-                c.state == CallState::Pending
-                    && c.timeout_ms > 0
-                    && deadline(c.dispatched_at, c.timeout_ms) <= now
-            });
-            let Some(token) = expired.map(|c| c.token) else {
-                return Ok(());
-            };
-            let (status, message) = GRPC_TIMEOUT;
-            let reply = GrpcReply {
-                status,
-                ..GrpcReply::default()
-            };
-            self.close_grpc_call(token, &reply, message.to_string())?;
-        }
-    }
-
     /// Lets a virtual clock run while the request in flight is paused on
     /// an unanswered HTTP callout or gRPC call, up to its timeout (ticking
     /// on the way), as Envoy would wait. Returns how long it waited.
@@ -1014,20 +1003,13 @@ impl Vm {
         let mut waited = 0;
         while self.flow() == Flow::Paused {
             let stream = self.stream;
-            let state = self.store.data();
-            let http = state
-                .http_calls
-                .iter()
-                .filter(|c| c.context == stream && !c.answered && c.timeout_ms > 0)
-                .map(|c| deadline(c.dispatched_at, c.timeout_ms));
-            let grpc = state
-                .grpc_calls
-                .iter()
-                .filter(|c| {
-                    c.context == stream && c.state == CallState::Pending && c.timeout_ms > 0
-                })
-                .map(|c| deadline(c.dispatched_at, c.timeout_ms));
-            let Some(deadline) = http.chain(grpc).min() else {
+            let deadline = self
+                .timeouts()
+                .into_iter()
+                .filter(|t| t.context == stream)
+                .map(|t| t.at)
+                .min();
+            let Some(deadline) = deadline else {
                 break;
             };
             let now = self.store.data().environment.clock.now_nanos();
@@ -1038,47 +1020,63 @@ impl Vm {
         Ok(std::time::Duration::from_nanos(waited))
     }
 
-    /// When the first unanswered HTTP callout or gRPC call times out
-    /// (clock nanoseconds).
-    fn next_timeout(&self) -> Option<u64> {
+    /// The unanswered HTTP callouts and gRPC calls that have a timeout.
+    fn timeouts(&self) -> Vec<Timeout> {
         let state = self.store.data();
         let http = state
             .http_calls
             .iter()
             .filter(|c| !c.answered && c.timeout_ms > 0)
-            .map(|c| deadline(c.dispatched_at, c.timeout_ms));
+            .map(|c| (c.context, c.token, false, c.dispatched_at, c.timeout_ms));
         let grpc = state
             .grpc_calls
             .iter()
             .filter(|c| c.state == CallState::Pending && c.timeout_ms > 0)
-            .map(|c| deadline(c.dispatched_at, c.timeout_ms));
-        http.chain(grpc).min()
+            .map(|c| (c.context, c.token, true, c.dispatched_at, c.timeout_ms));
+        http.chain(grpc)
+            .map(|(context, token, grpc, at, timeout_ms)| Timeout {
+                context,
+                token,
+                grpc,
+                at: deadline(at, timeout_ms),
+            })
+            .collect()
     }
 
-    /// Answers each unanswered HTTP callout whose timeout has passed as
-    /// Envoy's HTTP client does: with its local reply, 504 `upstream
-    /// request timeout`.
+    /// When the first unanswered HTTP callout or gRPC call times out
+    /// (clock nanoseconds).
+    fn next_timeout(&self) -> Option<u64> {
+        self.timeouts().into_iter().map(|t| t.at).min()
+    }
+
+    /// Ends each call whose timeout has passed as Envoy's clients do: an
+    /// HTTP callout gets their local reply, 504 `upstream request timeout`;
+    /// a gRPC call is closed (see [`GRPC_TIMEOUT`]).
     fn expire_callouts(&mut self) -> Result<(), GuestFault> {
         let now = self.store.data().environment.clock.now_nanos();
-        loop {
-            let expired = self.store.data().http_calls.iter().find(|c| {
-                !c.answered && c.timeout_ms > 0 && deadline(c.dispatched_at, c.timeout_ms) <= now
-            });
-            let Some(token) = expired.map(|c| c.token) else {
-                return self.expire_grpc_calls(now);
-            };
-            let body = "upstream request timeout";
-            let timeout = Response {
-                status: 504,
-                headers: vec![
-                    ("content-length".into(), body.len().to_string().into_bytes()),
-                    ("content-type".into(), b"text/plain".to_vec()),
-                ],
-                body: body.as_bytes().to_vec(),
-                ..Response::default()
-            };
-            self.answer_http_call(token, Some(&timeout))?;
+        while let Some(expired) = self.timeouts().into_iter().find(|t| t.at <= now) {
+            if expired.grpc {
+                let (status, message) = GRPC_TIMEOUT;
+                let reply = GrpcReply {
+                    status,
+                    ..GrpcReply::default()
+                };
+                self.close_grpc_call(expired.token, &reply, message.to_string())?;
+            } else {
+                let body = "upstream request timeout";
+                let timeout = Response {
+                    status: 504,
+                    headers: vec![
+                        ("content-length".into(), body.len().to_string().into_bytes()),
+                        ("content-type".into(), b"text/plain".to_vec()),
+                    ],
+                    body: body.as_bytes().to_vec(),
+                    ..Response::default()
+                };
+                self.answer_http_call(expired.token, Some(&timeout))?;
+            }
         }
+        Ok(())
     }
 
     /// The environment this VM runs in (shared store, clock, network).
